@@ -1,0 +1,50 @@
+# The README's commands. Every target creates what it needs (the venv, generated code).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= .borealis
+PROTOS := $(wildcard proto/*.proto)
+
+.PHONY: install proto up down status test test-unit bench lint soak clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory proto
+	touch $(STAMP)
+
+# Regenerates the protobuf and gRPC modules next to their .proto files.
+proto:
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+up: install
+	$(BIN)/borealis up --data-dir $(DATA_DIR)
+
+down:
+	@if [ -x $(BIN)/borealis ]; then $(BIN)/borealis down --data-dir $(DATA_DIR); fi
+
+status: install
+	$(BIN)/borealis status --data-dir $(DATA_DIR)
+
+test: install
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q -m unit
+
+bench: install
+	$(BIN)/python bench/storage_append.py --quick
+
+lint: install
+	$(BIN)/ruff check .
+
+# The long fault soak; CI runs the bounded form inside `make test`.
+soak: install
+	BOREALIS_SOAK=1 $(BIN)/pytest -q -m fault
+
+clean: down
+	rm -rf $(VENV) $(DATA_DIR) *.egg-info

@@ -1,0 +1,1 @@
+"""Borealis' shared kernel: ids and LSNs, errors, config, logging, failpoints, redo codec."""

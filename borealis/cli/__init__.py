@@ -1,0 +1,1 @@
+"""The `borealis` command line."""

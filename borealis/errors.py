@@ -1,0 +1,107 @@
+"""The error hierarchy, and the one table mapping errors to gRPC status codes and SQLSTATEs.
+
+Subclasses are chosen by what the caller does about them: retry elsewhere or later
+(`Unavailable`), fix the request (`InvalidRequest`), refresh its epochs
+(`StaleEpoch`), or treat data as lost (`Corruption`). Every error carries
+structured context (node, segment, LSN) as keyword fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+
+class BorealisError(Exception):
+    """Root of every error Borealis raises on purpose."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        self.message = message
+        self.context = context
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if not self.context:
+            return self.message
+        fields = " ".join(f"{key}={value}" for key, value in self.context.items())
+        return f"{self.message} ({fields})"
+
+
+class InvalidRequest(BorealisError):
+    """Malformed input: bad CRC, non-increasing LSN, wrong page size, oversized batch."""
+
+
+class StaleEpoch(BorealisError):
+    """A request's volume or membership epoch is older than the segment's."""
+
+
+class NotFound(BorealisError):
+    """The named segment, volume or object does not exist here."""
+
+
+class AlreadyExists(BorealisError):
+    """The thing to create exists with different attributes."""
+
+
+class Unavailable(BorealisError):
+    """Transient: a peer is down, or a segment is not yet complete to the asked LSN."""
+
+
+class VersionGone(BorealisError):
+    """A page version below the PGMRPL was asked for; it may be garbage-collected."""
+
+
+class ResourceExhausted(BorealisError):
+    """A bounded queue or store is full; retry later."""
+
+
+class Corruption(BorealisError):
+    """Stored data failed its checksum. It is never served; a repair is scheduled."""
+
+
+class FailpointError(BorealisError):
+    """A failpoint set to `error` fired."""
+
+
+# The one mapping of error kinds to the gRPC status and the PostgreSQL SQLSTATE
+# that callers outside this process see. Order matters only for subclasses,
+# which must come before their bases.
+ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "22000"),
+    (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),
+    (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "42710"),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE, "08006"),
+    (VersionGone, grpc.StatusCode.OUT_OF_RANGE, "72000"),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "53000"),
+    (Corruption, grpc.StatusCode.DATA_LOSS, "XX001"),
+    (FailpointError, grpc.StatusCode.INTERNAL, "XX000"),
+    (BorealisError, grpc.StatusCode.INTERNAL, "XX000"),
+)
+
+_BY_STATUS = {status: kind for kind, status, _ in reversed(ERROR_TABLE)}
+
+
+def grpc_status_of(error: BorealisError) -> grpc.StatusCode:
+    for kind, status, _ in ERROR_TABLE:
+        if isinstance(error, kind):
+            return status
+    raise AssertionError("BorealisError is the last row of ERROR_TABLE")
+
+
+def sqlstate_of(error: BorealisError) -> str:
+    for kind, _, sqlstate in ERROR_TABLE:
+        if isinstance(error, kind):
+            return sqlstate
+    raise AssertionError("BorealisError is the last row of ERROR_TABLE")
+
+
+def from_grpc(error: grpc.RpcError, **context: Any) -> BorealisError:
+    """The Borealis error a failed call stands for, on the client side."""
+    code = error.code()
+    details = error.details() or code.name
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return Unavailable(details, status=code.name, **context)
+    kind = _BY_STATUS.get(code, BorealisError)
+    return kind(details, **context)

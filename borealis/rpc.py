@@ -1,0 +1,89 @@
+"""gRPC plumbing shared by every service: error mapping, channels, servers, health."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from borealis.errors import BorealisError, from_grpc, grpc_status_of
+from borealis.log import get_logger
+
+log = get_logger("rpc")
+
+T = TypeVar("T")
+
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def message_options(message_bytes_max: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", message_bytes_max),
+        ("grpc.max_receive_message_length", message_bytes_max),
+    ]
+
+
+def handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turns BorealisErrors raised by a servicer method into their gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except BorealisError as error:
+            await context.abort(grpc_status_of(error), str(error))
+        except (aio.AbortError, aio.UsageError):
+            raise
+        except Exception as error:
+            log.error("handler failed", exc_info=True, method=method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error!r}")
+        raise AssertionError("abort returns only by raising")
+
+    return wrapper
+
+
+def channel(address: str, message_bytes_max: int) -> aio.Channel:
+    return aio.insecure_channel(address, options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS)
+
+
+async def call(coroutine: Awaitable[T], **context: Any) -> T:
+    """Awaits a client call, turning its gRPC failure into the matching BorealisError."""
+    try:
+        return await coroutine
+    except aio.AioRpcError as error:
+        raise from_grpc(error, **context) from None
+
+
+def server(message_bytes_max: int) -> aio.Server:
+    return aio.server(options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS)
+
+
+def add_health(server: aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def set_serving(servicer: Any, services: list[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ["", *services]:
+        await servicer.set(service, status)
+
+
+async def health_status(address: str, timeout_s: float) -> str:
+    """The overall health of the process at `address`: SERVING, NOT_SERVING, or UNREACHABLE."""
+    async with aio.insecure_channel(address) as ch:
+        try:
+            response = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except aio.AioRpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

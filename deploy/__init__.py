@@ -1,0 +1,1 @@
+"""Launching Borealis processes: the local launcher (also used by the tests) and AZ layout."""

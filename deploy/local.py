@@ -1,0 +1,266 @@
+"""The local launcher: a cluster of real processes on one machine.
+
+`borealis up` and the tests start clusters through this same code (as Neon's
+tests use `neon_local`). Each process gets its own directory under the cluster's
+data directory, a config file written here, a log file, and ports from the
+allocator. `cluster.json` in the data directory records what runs where, so
+`borealis down` and `status` find the processes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from borealis import config as config_module
+from borealis import rpc
+from borealis.errors import NotFound, Unavailable
+from borealis.wait import wait_until
+from deploy.ports import PortAllocator
+from storage_node.config import StorageNodeConfig
+
+AZS = ("az-a", "az-b", "az-c")
+CLUSTER_FILE = "cluster.json"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def storage_layout(count: int = 6, azs: tuple[str, ...] = AZS) -> list[tuple[str, str]]:
+    """(name, az) of each storage node: s1, s2 in the first AZ, s3, s4 in the next, ..."""
+    per_az = max(1, count // len(azs))
+    return [(f"s{index + 1}", azs[min(index // per_az, len(azs) - 1)]) for index in range(count)]
+
+
+@dataclass
+class NodeProcess:
+    """One OS process of the cluster, started with subprocess (gRPC does not survive fork)."""
+
+    name: str
+    argv: list[str]
+    directory: Path
+    address: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "node.log"
+
+    def start(self, wait: bool = True) -> None:
+        assert not self.is_running(), f"{self.name} is already running"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.directory,
+                # Its own session: signals to the test runner or the shell do not
+                # reach it, and `down` can stop it after this process exits.
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        def serving() -> bool:
+            if not self.is_running():
+                raise Unavailable(f"{self.name} exited during start; see {self.log_path}")
+            return asyncio.run(rpc.health_status(self.address, 1.0)) == "SERVING"
+
+        try:
+            wait_until(serving, timeout_s, interval_s=0.1, what=f"{self.name} to serve")
+        except Unavailable as error:
+            raise Unavailable(f"{error}; log tail:\n{self.log_tail()}") from None
+
+    def is_running(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not _is_zombie(self.pid)
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None and self.is_running():
+            os.kill(self.pid, signum)
+
+    def stop(self, immediate: bool = False) -> None:
+        """SIGTERM and wait (SIGKILL after a deadline); `immediate` sends SIGKILL at once."""
+        if not self.is_running():
+            self._reap()
+            return
+        self.signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        self.signal(signal.SIGKILL if immediate else signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.is_running():
+            self.signal(signal.SIGKILL)
+            while self.is_running():
+                time.sleep(0.02)
+        self._reap()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no flush, as in a crash."""
+        self.stop(immediate=True)
+
+    def restart(self, immediate: bool = False) -> None:
+        self.stop(immediate)
+        self.start()
+
+    def _reap(self) -> None:
+        if self.process is not None:
+            self.process.wait()
+            self.process = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def error_lines(self) -> list[str]:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if "level=error" in line or "Traceback" in line]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class StorageNodeProcess(NodeProcess):
+    az: str = ""
+    config: StorageNodeConfig | None = None
+
+
+class LocalCluster:
+    """A builder (configure, then `start()`) and handle of a local cluster."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        ports: PortAllocator | None = None,
+        storage_nodes: int = 6,
+        storage_overrides: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.ports = ports or PortAllocator()
+        self.storage_count = storage_nodes
+        self.storage_overrides = storage_overrides or {}
+        self.env = env or {}
+        self.storage_nodes: list[StorageNodeProcess] = []
+
+    def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
+        directory = self.data_dir / name
+        config = config_module.build(
+            StorageNodeConfig,
+            {"name": name, "az": az, "data_dir": directory, "port": self.ports.allocate(), **self.storage_overrides},
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = directory / "storage_node.toml"
+        config_path.write_text("[storage_node]\n" + config_module.to_toml(config))
+        return StorageNodeProcess(
+            name=name,
+            argv=[sys.executable, "-m", "storage_node", "--config", str(config_path)],
+            directory=directory,
+            address=f"{config.host}:{config.port}",
+            env=dict(self.env),
+            az=az,
+            config=config,
+        )
+
+    def start(self) -> LocalCluster:
+        """Starts every process that is not running (all of them the first time)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.storage_nodes:
+            self.storage_nodes = [self._storage_node(name, az) for name, az in storage_layout(self.storage_count)]
+        try:
+            for node in self.storage_nodes:
+                if not node.is_running():
+                    node.start(wait=False)
+            for node in self.storage_nodes:
+                node.wait_serving()
+        except BaseException:
+            self.stop(immediate=True)
+            raise
+        self.write_cluster_file()
+        return self
+
+    def stop(self, immediate: bool = False) -> None:
+        for node in self.storage_nodes:
+            node.stop(immediate)
+
+    def node(self, name: str) -> StorageNodeProcess:
+        for node in self.storage_nodes:
+            if node.name == name:
+                return node
+        raise NotFound("no such node in the cluster", node=name)
+
+    def write_cluster_file(self) -> None:
+        document = {
+            "data_dir": str(self.data_dir),
+            "storage_nodes": [
+                {
+                    "name": node.name,
+                    "az": node.az,
+                    "address": node.address,
+                    "pid": node.pid,
+                    "directory": str(node.directory),
+                    "log": str(node.log_path),
+                }
+                for node in self.storage_nodes
+            ],
+        }
+        path = self.data_dir / CLUSTER_FILE
+        path.with_suffix(".tmp").write_text(json.dumps(document, indent=2) + "\n")
+        path.with_suffix(".tmp").replace(path)
+
+    @classmethod
+    def from_cluster_file(cls, data_dir: Path) -> LocalCluster:
+        path = Path(data_dir) / CLUSTER_FILE
+        if not path.exists():
+            raise NotFound("no cluster.json: is a cluster set up here?", data_dir=str(data_dir))
+        document = json.loads(path.read_text())
+        cluster = cls(Path(document["data_dir"]))
+        cluster.storage_nodes = [
+            StorageNodeProcess(
+                name=entry["name"],
+                argv=[sys.executable, "-m", "storage_node", "--config", str(Path(entry["directory"]) / "storage_node.toml")],
+                directory=Path(entry["directory"]),
+                address=entry["address"],
+                az=entry["az"],
+                pid=entry["pid"],
+            )
+            for entry in document["storage_nodes"]
+        ]
+        return cluster

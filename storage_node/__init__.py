@@ -1,0 +1,1 @@
+"""The storage node: segments of protection groups on LMDB, gossip, coalescing, GC, scrubbing."""

@@ -1,0 +1,47 @@
+"""python -m storage_node --config FILE [--set key=value ...] [--name N --data-dir D --port P --az A]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvloop
+
+from borealis import config as config_module
+from borealis import faults, log
+from borealis.errors import BorealisError
+from storage_node.config import StorageNodeConfig
+from storage_node.server import StorageNode
+
+
+def parse_args(argv: list[str]) -> StorageNodeConfig:
+    parser = argparse.ArgumentParser(prog="python -m storage_node", description="Run a Borealis storage node.")
+    parser.add_argument("--config", type=Path, help="TOML file; settings under [storage_node]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    for flag in ("name", "data-dir", "port", "az", "host"):
+        parser.add_argument(f"--{flag}")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    for flag in ("name", "data_dir", "port", "az", "host"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    return config_module.load(StorageNodeConfig, args.config, overrides, table="storage_node")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except BorealisError as error:
+        print(f"storage_node: {error}", file=sys.stderr)
+        return 2
+    log.configure(config.log_level)
+    faults.configure_from_env()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    uvloop.run(StorageNode(config).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

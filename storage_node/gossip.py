@@ -1,0 +1,99 @@
+"""Gossip: a segment that is behind its peers, or has a proven hole, copies the missing
+records from the peer with the highest SCL.
+
+A segment learns it is behind in two ways: a pending record above its SCL proves a
+hole (storage_node/chain.py), and a peer's SCL above its own shows records it never
+received (it was down during the appends). Each pass asks every peer's state, then
+reads records above its own SCL from the most complete peer with the same epochs,
+through the same checks and writer path as AppendRedo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from borealis.log import get_logger
+from borealis.redo import HEADER
+from borealis.metrics import Metrics
+from storage_node.client import StorageClient
+from storage_node.config import StorageNodeConfig
+from storage_node.peers import PEER_ERRORS, Peers
+from storage_node.segment import Segment, SegmentMeta
+from storage_node.service import StorageService
+from storage_node.store import SegmentStore
+
+log = get_logger("storage_node.gossip")
+
+# A pass copies at most this much per segment, so one far-behind segment cannot
+# starve the others; the next pass continues.
+FILL_BYTES_PER_PASS_MAX = 64 * 2**20
+
+
+class Gossip:
+    def __init__(
+        self, config: StorageNodeConfig, store: SegmentStore, service: StorageService, peers: Peers, metrics: Metrics
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._service = service
+        self._peers = peers
+        self._metrics = metrics
+
+    async def run_once(self) -> str:
+        filled = 0
+        for segment in list(self._store.segments.values()):
+            filled += await self._fill(segment)
+        return f"filled={filled}" if filled else ""
+
+    async def _peer_states(self, segment: Segment) -> list[tuple[StorageClient, SegmentMeta]]:
+        peers = self._peers.of(segment)
+        results = await asyncio.gather(
+            *(client.state(segment.id) for _member, client in peers), return_exceptions=True
+        )
+        states = []
+        for (_member, client), result in zip(peers, results, strict=True):
+            if isinstance(result, PEER_ERRORS):
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            states.append((client, result))
+        return states
+
+    async def _fill(self, segment: Segment) -> int:
+        epochs = segment.epochs()
+        states = [
+            (client, state)
+            for client, state in await self._peer_states(segment)
+            if (state.volume_epoch, state.membership_epoch) == (epochs.volume, epochs.membership)
+            and state.highest_lsn > segment.scl
+        ]
+        if not states:
+            return 0
+        # The most complete peer first; others if it fails midway.
+        states.sort(key=lambda item: (item[1].scl, item[1].highest_lsn), reverse=True)
+        filled = 0
+        copied_bytes = 0
+        for client, state in states:
+            after = segment.scl
+            while copied_bytes < FILL_BYTES_PER_PASS_MAX:
+                try:
+                    records, more, _ = await client.read_records(
+                        segment.id, epochs, after, state.highest_lsn, self._config.read_records_bytes_max
+                    )
+                except PEER_ERRORS as error:
+                    log.info("gossip read failed", segment=segment.id, peer=client.address, error=error)
+                    break
+                if not records:
+                    break
+                _, _, new = await self._service.append(segment, records)
+                filled += new
+                copied_bytes += sum(len(r) for r in records)
+                after = HEADER.unpack_from(records[-1])[1]
+                if not more:
+                    break
+            if segment.chain.hole() is None and segment.scl >= state.scl:
+                break
+        if filled:
+            self._metrics.inc("gossip_records_filled_total", filled)
+            log.info("gossip filled records", segment=segment.id, records=filled, scl=segment.scl)
+        return filled

@@ -1,0 +1,124 @@
+"""Assembles a storage node: store, writer thread, gRPC services, background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterable
+
+from borealis import rpc
+from borealis.admin import AdminService
+from borealis.log import get_logger
+from borealis.metrics import Metrics, Sample
+from proto import admin_pb2_grpc, storage_pb2_grpc
+from storage_node.coalescer import Coalescer
+from storage_node.config import StorageNodeConfig
+from storage_node.garbage_collector import GarbageCollector
+from storage_node.gossip import Gossip
+from storage_node.peers import Peers
+from storage_node.periodic import Periodic
+from storage_node.scrubber import Scrubber
+from storage_node.service import StorageService
+from storage_node.store import SegmentStore
+from storage_node.writer import Writer
+
+log = get_logger("storage_node")
+
+SERVICE_NAMES = ["borealis.storage.Storage", "borealis.admin.Admin"]
+
+
+def declare_metrics(metrics: Metrics) -> None:
+    for name, kind, help_text in (
+        ("records_appended_total", "counter", "Redo records persisted (new ones only)."),
+        ("record_bytes_appended_total", "counter", "Bytes of the redo records in accepted batches."),
+        ("fsyncs_total", "counter", "LMDB commits (each one fsync) by the writer thread."),
+        ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
+        ("pages_read_total", "counter", "GetPage calls answered."),
+        ("gossip_records_filled_total", "counter", "Records copied from peers by gossip."),
+        ("crc_failures_total", "counter", "Stored records or images that failed their CRC32C."),
+        ("scrub_repairs_total", "counter", "Corrupt copies replaced from a peer."),
+        ("coalesced_images_total", "counter", "Page images written by the coalescer."),
+        ("gc_records_deleted_total", "counter", "Page versions and log records garbage-collected."),
+        ("invalid_requests_total", "counter", "Requests refused as malformed."),
+        ("stale_epoch_requests_total", "counter", "Requests refused for stale epochs."),
+        ("segment_scl", "gauge", "Segment complete LSN."),
+        ("segment_highest_lsn", "gauge", "Highest LSN the segment holds."),
+        ("segment_pending_records", "gauge", "Records held above the SCL (a hole below them)."),
+        ("segment_records", "gauge", "Log records the segment stores."),
+        ("segment_record_bytes", "gauge", "Bytes of the log records the segment stores."),
+        ("lmdb_used_bytes", "gauge", "Bytes of the LMDB map in use."),
+    ):
+        metrics.declare(name, kind, help_text)
+
+
+class StorageNode:
+    def __init__(self, config: StorageNodeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics("borealis_storage")
+        declare_metrics(self.metrics)
+        self.store = SegmentStore(config.data_dir / "segments", config.lmdb_map_size_bytes)
+        self.store.load()
+        self.writer = Writer(self.store, config.group_commit_batches_max, self._on_commit)
+        self.metrics.collector(self._segment_samples)
+
+    def _on_commit(self, batches: int) -> None:
+        self.metrics.inc("fsyncs_total")
+        self.metrics.inc("group_commit_batches_total", batches)
+
+    def _segment_samples(self) -> Iterable[Sample]:
+        for segment in list(self.store.segments.values()):
+            labels = {"volume": segment.id.volume_id, "pg": segment.id.pg}
+            yield "segment_scl", labels, segment.scl
+            yield "segment_highest_lsn", labels, segment.meta.highest_lsn
+            yield "segment_pending_records", labels, segment.chain.pending()
+            yield "segment_records", labels, segment.meta.records
+            yield "segment_record_bytes", labels, segment.meta.record_bytes
+        info = self.store.env.info()
+        yield "lmdb_used_bytes", {}, (info["last_pgno"] + 1) * self.store.env.stat()["psize"]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.writer.start(loop)
+        peers = Peers(self.config.name, self.config.peer_rpc_timeout_ms / 1000)
+        service = StorageService(self.config, self.store, self.writer, self.metrics)
+        scrubber = Scrubber(self.config, self.store, self.writer, peers, self.metrics)
+        service.scrubber = scrubber
+        tasks = [
+            Periodic("gossip", self.config.gossip_interval_ms, Gossip(self.config, self.store, service, peers, self.metrics).run_once),
+            Periodic("coalesce", self.config.coalesce_interval_ms, Coalescer(self.config, self.store, self.writer, self.metrics).run_once),
+            Periodic("gc", self.config.gc_interval_ms, GarbageCollector(self.store, self.writer, self.metrics).run_once),
+            Periodic("scrub", self.config.scrub_interval_ms, scrubber.run_once),
+        ]
+        scrubber.periodic = tasks[-1]
+
+        server = rpc.server(self.config.message_bytes_max)
+        storage_pb2_grpc.add_StorageServicer_to_server(service, server)
+        admin = AdminService(self.metrics, {task.name: task.run_now for task in tasks})
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
+        health = rpc.add_health(server)
+        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        address = f"{self.config.host}:{port}"
+        (self.config.data_dir / "address").write_text(address + "\n")
+        await rpc.set_serving(health, SERVICE_NAMES, True)
+        log.info("storage node serving", node=self.config.name, az=self.config.az, address=address, segments=len(self.store.segments))
+
+        running = [asyncio.create_task(task.loop(), name=task.name) for task in tasks]
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+        log.info("storage node stopping", node=self.config.name)
+        await rpc.set_serving(health, SERVICE_NAMES, False)
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await server.stop(self.config.shutdown_grace_ms / 1000)
+        await peers.close()
+        self.writer.stop()
+        self.store.close()
+        log.info("storage node stopped", node=self.config.name)

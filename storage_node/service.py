@@ -1,0 +1,236 @@
+"""The Storage gRPC service: request checks on the event loop, writes through the writer thread."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING
+
+from grpc import aio
+
+from borealis import faults, redo
+from borealis.errors import Corruption, InvalidRequest, StaleEpoch, Unavailable, VersionGone
+from borealis.metrics import Metrics
+from borealis.rpc import handler
+from proto import storage_pb2, storage_pb2_grpc
+from storage_node.config import StorageNodeConfig
+from storage_node.convert import epochs_of, members_of, segment_id_of, state_to_proto
+from storage_node.segment import Segment, SegmentMeta
+from storage_node.store import IncomingRecord, SegmentStore
+from storage_node.writer import Writer
+
+if TYPE_CHECKING:
+    from storage_node.scrubber import Scrubber
+
+KIND_SIZE = int(redo.Kind.SIZE)
+
+
+def check_batch(segment: Segment, records: list[bytes], config: StorageNodeConfig) -> list[IncomingRecord]:
+    """Checks every record of an AppendRedo batch (or a gossip fill) before anything is written."""
+    if len(records) > config.append_batch_records_max:
+        raise InvalidRequest(
+            "batch has too many records", records=len(records), limit=config.append_batch_records_max
+        )
+    first_page = segment.meta.first_page
+    end_page = first_page + segment.meta.page_count
+    checked: list[IncomingRecord] = []
+    batch_bytes = 0
+    last_lsn = 0
+    check = redo.check
+    for data in records:
+        batch_bytes += len(data)
+        _, lsn, _, prev_lsn_pg, _, page, kind, _, _, _ = check(data)
+        if lsn <= last_lsn:
+            raise InvalidRequest("LSNs must increase within a batch", lsn=lsn, previous=last_lsn)
+        last_lsn = lsn
+        if kind != KIND_SIZE and not first_page <= page < end_page:
+            segment.check_page(page)
+        checked.append((lsn, prev_lsn_pg, page, kind, data))
+    if batch_bytes > config.append_batch_bytes_max:
+        raise InvalidRequest("batch is too large", bytes=batch_bytes, limit=config.append_batch_bytes_max)
+    return checked
+
+
+class StorageService(storage_pb2_grpc.StorageServicer):
+    def __init__(self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics) -> None:
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._metrics = metrics
+        self._append_slots = asyncio.Semaphore(config.append_inflight_batches_max)
+        self.scrubber: Scrubber | None = None
+
+    def _segment(self, ref: storage_pb2.SegmentRef, check_epochs: bool = True) -> Segment:
+        segment = self._store.segment(segment_id_of(ref))
+        if check_epochs:
+            try:
+                segment.check_epochs(epochs_of(ref))
+            except StaleEpoch:
+                self._metrics.inc("stale_epoch_requests_total")
+                raise
+        return segment
+
+    async def append(self, segment: Segment, records: list[bytes]) -> tuple[int, int, int]:
+        """Checks and persists records (from a writer or a peer); (scl, highest, new)."""
+        try:
+            checked = check_batch(segment, records, self._config)
+        except InvalidRequest:
+            self._metrics.inc("invalid_requests_total", rpc="AppendRedo")
+            raise
+        async with self._append_slots:
+            await faults.apoint("storage.append.before_write")
+            scl, highest, new = await self._writer.run(partial(self._store.op_append, segment=segment, records=checked))
+        if new:
+            self._metrics.inc("records_appended_total", new)
+            self._metrics.inc("record_bytes_appended_total", sum(len(r[4]) for r in checked))
+        return scl, highest, new
+
+    @handler
+    async def AppendRedo(
+        self, request: storage_pb2.AppendRedoRequest, context: aio.ServicerContext
+    ) -> storage_pb2.AppendRedoResponse:
+        segment = self._segment(request.segment)
+        scl, highest, new = await self.append(segment, list(request.records))
+        await faults.apoint("storage.append.before_ack")
+        return storage_pb2.AppendRedoResponse(scl=scl, highest_lsn=highest, records_new=new)
+
+    @handler
+    async def GetPage(self, request: storage_pb2.GetPageRequest, context: aio.ServicerContext) -> storage_pb2.GetPageResponse:
+        segment = self._segment(request.segment)
+        segment.check_page(request.page)
+        if request.lsn < segment.pgmrpl:
+            raise VersionGone(
+                "read point is below the PGMRPL", segment=segment.id, lsn=request.lsn, pgmrpl=segment.pgmrpl
+            )
+        if request.lsn > segment.scl:
+            raise Unavailable("segment is not complete to the read point", segment=segment.id, lsn=request.lsn, scl=segment.scl)
+        await faults.apoint("storage.get_page")
+        try:
+            image, page_lsn = self._store.read_page(segment, request.page, request.lsn)
+        except Corruption:
+            self._corruption_found()
+            raise
+        self._metrics.inc("pages_read_total")
+        return storage_pb2.GetPageResponse(image=image, page_lsn=page_lsn)
+
+    def _corruption_found(self) -> None:
+        self._metrics.inc("crc_failures_total")
+        if self.scrubber is not None:
+            self.scrubber.wake()
+
+    @handler
+    async def ReadRecords(
+        self, request: storage_pb2.ReadRecordsRequest, context: aio.ServicerContext
+    ) -> storage_pb2.ReadRecordsResponse:
+        segment = self._segment(request.segment)
+        bytes_max = min(request.bytes_max or self._config.read_records_bytes_max, self._config.read_records_bytes_max)
+        if request.up_to_lsn < request.after_lsn:
+            raise InvalidRequest("up_to_lsn is below after_lsn", after=request.after_lsn, up_to=request.up_to_lsn)
+        try:
+            records, more = self._store.read_records(segment, request.after_lsn, request.up_to_lsn, bytes_max)
+        except Corruption:
+            self._corruption_found()
+            raise
+        return storage_pb2.ReadRecordsResponse(records=records, more=more, scl=segment.scl)
+
+    @handler
+    async def GetSegmentState(
+        self, request: storage_pb2.GetSegmentStateRequest, context: aio.ServicerContext
+    ) -> storage_pb2.SegmentState:
+        return state_to_proto(self._segment(request.segment, check_epochs=False))
+
+    @handler
+    async def ListSegments(
+        self, request: storage_pb2.ListSegmentsRequest, context: aio.ServicerContext
+    ) -> storage_pb2.ListSegmentsResponse:
+        segments = sorted(self._store.segments.values(), key=lambda s: (s.id.volume_id, s.id.pg))
+        return storage_pb2.ListSegmentsResponse(segments=[state_to_proto(s) for s in segments])
+
+    @handler
+    async def SetMembership(
+        self, request: storage_pb2.SetMembershipRequest, context: aio.ServicerContext
+    ) -> storage_pb2.SegmentState:
+        ref = request.segment
+        members = members_of(list(request.members))
+        if request.page_count == 0:
+            raise InvalidRequest("a segment must cover at least one page")
+        if len({m.node for m in members}) != len(members):
+            raise InvalidRequest("members must be distinct nodes")
+        segment = self._store.segments.get(segment_id_of(ref))
+        if segment is None:
+            meta = SegmentMeta(
+                volume_id=ref.volume_id,
+                pg=ref.pg,
+                first_page=request.first_page,
+                page_count=request.page_count,
+                volume_epoch=ref.volume_epoch,
+                membership_epoch=ref.membership_epoch,
+                members=members,
+            )
+            segment = await self._writer.run(partial(self._store.op_create, meta=meta))
+            return state_to_proto(segment)
+        meta = segment.meta
+        if (request.first_page, request.page_count) != (meta.first_page, meta.page_count):
+            raise InvalidRequest("a segment's page range cannot change", segment=segment.id)
+        if ref.volume_epoch < meta.volume_epoch or ref.membership_epoch < meta.membership_epoch:
+            raise StaleEpoch(
+                "membership change carries an older epoch",
+                segment=segment.id,
+                request_membership_epoch=ref.membership_epoch,
+                segment_membership_epoch=meta.membership_epoch,
+            )
+        if ref.membership_epoch == meta.membership_epoch:
+            if members != meta.members:
+                raise InvalidRequest("membership epoch reused for a different member set", segment=segment.id)
+            return state_to_proto(segment)
+
+        def change(meta: SegmentMeta) -> None:
+            meta.membership_epoch = ref.membership_epoch
+            meta.members = members
+
+        await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+        return state_to_proto(segment)
+
+    @handler
+    async def SetEpoch(self, request: storage_pb2.SetEpochRequest, context: aio.ServicerContext) -> storage_pb2.SegmentState:
+        ref = request.segment
+        segment = self._segment(ref, check_epochs=False)
+        if ref.volume_epoch < segment.meta.volume_epoch or ref.membership_epoch != segment.meta.membership_epoch:
+            self._metrics.inc("stale_epoch_requests_total")
+            raise StaleEpoch(
+                "epoch change refused",
+                segment=segment.id,
+                request_volume_epoch=ref.volume_epoch,
+                segment_volume_epoch=segment.meta.volume_epoch,
+                request_membership_epoch=ref.membership_epoch,
+                segment_membership_epoch=segment.meta.membership_epoch,
+            )
+        if request.truncate and request.truncate_up_to_lsn < request.truncate_above_lsn:
+            raise InvalidRequest("truncation range is empty or reversed")
+
+        def change(meta: SegmentMeta) -> None:
+            meta.volume_epoch = ref.volume_epoch
+
+        await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+        if request.truncate:
+            await self._writer.run(
+                partial(
+                    self._store.op_truncate,
+                    segment=segment,
+                    above=request.truncate_above_lsn,
+                    up_to=request.truncate_up_to_lsn,
+                )
+            )
+        return state_to_proto(segment)
+
+    @handler
+    async def SetPgmrpl(self, request: storage_pb2.SetPgmrplRequest, context: aio.ServicerContext) -> storage_pb2.SegmentState:
+        segment = self._segment(request.segment)
+        if request.pgmrpl > segment.pgmrpl:
+
+            def change(meta: SegmentMeta) -> None:
+                # The PGMRPL only moves forward: a lower value is a late message.
+                meta.pgmrpl = max(meta.pgmrpl, request.pgmrpl)
+
+            await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+        return state_to_proto(segment)

@@ -1,0 +1,391 @@
+"""The segment store: every segment of this node in one LMDB environment.
+
+Three named databases, keys big-endian so LMDB's order is numeric order:
+
+    meta      (volume u64, pg u32)                   -> SegmentMeta as JSON
+    log       (volume u64, pg u32, lsn u64)          -> encoded redo record
+    versions  (volume u64, pg u32, page u64, lsn u64) -> b"D" delta in the log,
+                                                         b"F" full image in the log,
+                                                         b"M" crc u32 + materialised image
+
+`versions` is the per-page index GetPage walks backwards: from the newest version
+at or below the read point down to the first image. The coalescer turns a "D" into
+an "M" so that walk stays short; GC drops versions below the newest image at or
+below the PGMRPL.
+
+Reads run in any thread with their own read transaction. Writes are functions
+`op(txn) -> publish` that only the writer thread runs (storage_node/writer.py):
+they change the segment's working state inside the transaction and return what
+to publish once the transaction is durable.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+from crc32c import crc32c
+
+from borealis import redo
+from borealis.errors import Corruption, NotFound
+from borealis.ids import Lsn, SegmentId
+from storage_node.chain import SegmentChain
+from storage_node.segment import Segment, SegmentMeta
+
+SEGMENT_KEY = struct.Struct(">QI")
+LOG_KEY = struct.Struct(">QIQ")
+PAGE_PREFIX = LOG_KEY  # (volume, pg, page) has the log key's shape
+VERSION_KEY = struct.Struct(">QIQQ")
+SEGMENT_KEY_BYTES = SEGMENT_KEY.size
+PAGE_PREFIX_BYTES = PAGE_PREFIX.size
+U64 = struct.Struct(">Q")
+IMAGE_CRC = struct.Struct("<I")
+
+KIND_DELTA = int(redo.Kind.DELTA)
+KIND_IMAGE = int(redo.Kind.IMAGE)
+
+TAG_DELTA = b"D"
+TAG_FULL = b"F"
+TAG_MATERIALISED = b"M"
+
+Publish = Callable[[], object]
+
+
+# A checked record with the header fields the store needs:
+# (lsn, prev_lsn_pg, page, kind, data). A plain tuple: one is built per record.
+IncomingRecord = tuple[int, int, int, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PageVersions:
+    """The versions of one page, newest first, as the coalescer and GC see them."""
+
+    page: int
+    lsns: list[int]
+    tags: list[bytes]
+
+
+def image_value(segment_id: SegmentId, page: int, lsn: int, image: bytes) -> bytes:
+    crc = crc32c(VERSION_KEY.pack(segment_id.volume_id, segment_id.pg, page, lsn) + image)
+    return TAG_MATERIALISED + IMAGE_CRC.pack(crc) + image
+
+
+def check_image_value(key: bytes, value: bytes) -> bytes:
+    """The image of a materialised version, or Corruption."""
+    image = bytes(value[1 + IMAGE_CRC.size :])
+    (crc,) = IMAGE_CRC.unpack_from(value, 1)
+    if len(image) != redo.PAGE_SIZE_BYTES or crc32c(bytes(key) + image) != crc:
+        volume, pg, page, lsn = VERSION_KEY.unpack(key)
+        raise Corruption("materialised page image CRC32C mismatch", segment=f"{volume}/{pg}", page=page, lsn=lsn)
+    return image
+
+
+class SegmentStore:
+    def __init__(self, path: Path, map_size_bytes: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync/metasync: a commit returns only after fsync, so an ack means durable.
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size_bytes,
+            max_dbs=4,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            max_readers=256,
+        )
+        self.meta_db = self.env.open_db(b"meta")
+        self.log_db = self.env.open_db(b"log")
+        self.versions_db = self.env.open_db(b"versions")
+        self.segments: dict[SegmentId, Segment] = {}
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- loading ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """Reads every segment's meta and rebuilds its chain from the records above its SCL."""
+        segments = {}
+        with self.env.begin() as txn:
+            for _key, value in txn.cursor(self.meta_db):
+                meta = SegmentMeta.from_json(value)
+                pending = list(self._records_above(txn, meta, meta.scl))
+                segment = Segment(meta, SegmentChain(Lsn(meta.scl), pending))
+                segments[segment.id] = segment
+        self.segments = segments
+
+    def _records_above(self, txn: lmdb.Transaction, meta: SegmentMeta, lsn: int) -> Iterator[tuple[Lsn, Lsn]]:
+        for _key, data in self._log_range(txn, meta.volume_id, meta.pg, lsn):
+            header = redo.HEADER.unpack_from(data)
+            yield Lsn(header[1]), Lsn(header[3])
+
+    def segment(self, segment_id: SegmentId) -> Segment:
+        segment = self.segments.get(segment_id)
+        if segment is None:
+            raise NotFound("no such segment on this node", segment=segment_id)
+        return segment
+
+    # -- reads -----------------------------------------------------------------
+
+    def _log_range(self, txn: lmdb.Transaction, volume: int, pg: int, after: int) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(self.log_db)
+        prefix = SEGMENT_KEY.pack(volume, pg)
+        if not cursor.set_range(LOG_KEY.pack(volume, pg, after + 1)):
+            return
+        for key, value in cursor:
+            if key[:SEGMENT_KEY_BYTES] != prefix:
+                return
+            yield key, value
+
+    def read_page(self, segment: Segment, page: int, lsn: int) -> tuple[bytes, int]:
+        """(image, page_lsn) of `page` as of `lsn`; Corruption if a needed version is bad."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        prefix = PAGE_PREFIX.pack(volume, pg, page)
+        records: list[bytes] = []
+        base: bytes | None = None
+        page_lsn = 0
+        with self.env.begin() as txn:
+            cursor = txn.cursor(self.versions_db)
+            if cursor.set_range(VERSION_KEY.pack(volume, pg, page, lsn + 1)):
+                found = cursor.prev()
+            else:
+                found = cursor.last()
+            while found:
+                key = cursor.key()
+                if key[:PAGE_PREFIX_BYTES] != prefix:
+                    break
+                (version_lsn,) = U64.unpack_from(key, PAGE_PREFIX_BYTES)
+                page_lsn = page_lsn or version_lsn
+                value = cursor.value()
+                if value[:1] == TAG_MATERIALISED:
+                    base = check_image_value(key, value)
+                    break
+                records.append(self._log_record(txn, volume, pg, version_lsn))
+                if value[:1] == TAG_FULL:
+                    break
+                found = cursor.prev()
+        records.reverse()
+        return redo.materialise(base, records), page_lsn
+
+    def _log_record(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> bytes:
+        data = txn.get(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
+        if data is None:
+            raise Corruption("page version without its log record", segment=f"{volume}/{pg}", lsn=lsn)
+        redo.check(data, Corruption)
+        return data
+
+    def read_records(self, segment: Segment, after: int, up_to: int, bytes_max: int) -> tuple[list[bytes], bool]:
+        """Records with after < lsn <= up_to, at least one if any, about `bytes_max` in all."""
+        records: list[bytes] = []
+        total = 0
+        with self.env.begin() as txn:
+            for key, data in self._log_range(txn, segment.meta.volume_id, segment.meta.pg, after):
+                (lsn,) = U64.unpack_from(key, SEGMENT_KEY_BYTES)
+                if lsn > up_to:
+                    return records, False
+                if records and total + len(data) > bytes_max:
+                    return records, True
+                redo.check(data, Corruption)
+                records.append(bytes(data))
+                total += len(data)
+        return records, False
+
+    def page_versions(self, segment: Segment, pages: set[int] | None = None) -> Iterator[PageVersions]:
+        """Every version of the given pages (all pages if None), newest first per page."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        with self.env.begin() as txn:
+            cursor = txn.cursor(self.versions_db)
+            targets = sorted(pages) if pages is not None else [None]
+            for target in targets:
+                start = PAGE_PREFIX.pack(volume, pg, target) if target is not None else SEGMENT_KEY.pack(volume, pg)
+                stop = start
+                current: PageVersions | None = None
+                if not cursor.set_range(start):
+                    continue
+                for key, value in cursor:
+                    if key[: len(stop)] != stop:
+                        break
+                    page, lsn = struct.unpack_from(">QQ", key, SEGMENT_KEY_BYTES)
+                    if current is None or current.page != page:
+                        if current is not None:
+                            current.lsns.reverse()
+                            current.tags.reverse()
+                            yield current
+                        current = PageVersions(page, [], [])
+                    current.lsns.append(lsn)
+                    current.tags.append(bytes(value[:1]))
+                if current is not None:
+                    current.lsns.reverse()
+                    current.tags.reverse()
+                    yield current
+
+    def scan(self, segment: Segment, after_key: bytes, items_max: int) -> tuple[list[tuple[str, bytes]], bytes | None]:
+        """Checks up to `items_max` log records and images after `after_key`.
+
+        Returns the bad ones as ("log" | "image", key) and where to resume (None at the end).
+        """
+        bad: list[tuple[str, bytes]] = []
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        prefix = SEGMENT_KEY.pack(volume, pg)
+        checked = 0
+        with self.env.begin() as txn:
+            for name, db in (("log", self.log_db), ("image", self.versions_db)):
+                if after_key and after_key[:1] != name[:1].encode():
+                    continue
+                cursor = txn.cursor(db)
+                position = after_key[1:] if after_key else b""
+                found = cursor.set_range(position if position else prefix)
+                if found and position and cursor.key() == position:
+                    found = cursor.next()
+                while found:
+                    key, value = cursor.key(), cursor.value()
+                    if key[:SEGMENT_KEY_BYTES] != prefix:
+                        break
+                    if checked >= items_max:
+                        return bad, name[:1].encode() + bytes(key)
+                    checked += 1
+                    try:
+                        if name == "log":
+                            redo.check(value, Corruption)
+                        elif value[:1] == TAG_MATERIALISED:
+                            check_image_value(key, value)
+                    except Corruption:
+                        bad.append((name, bytes(key)))
+                    found = cursor.next()
+                after_key = b""
+        return bad, None
+
+    # -- writer-thread operations ------------------------------------------------
+
+    def op_create(self, txn: lmdb.Transaction, meta: SegmentMeta) -> Publish:
+        segment = Segment(meta, SegmentChain(Lsn(meta.scl)))
+        txn.put(SEGMENT_KEY.pack(meta.volume_id, meta.pg), meta.to_json(), db=self.meta_db)
+
+        def publish() -> Segment:
+            self.segments[segment.id] = segment
+            return segment
+
+        return publish
+
+    def op_update_meta(
+        self, txn: lmdb.Transaction, segment: Segment, change: Callable[[SegmentMeta], None]
+    ) -> Publish:
+        """Applies `change` to the segment's meta (in the writer thread) and persists it."""
+        change(segment.meta)
+        txn.put(SEGMENT_KEY.pack(segment.meta.volume_id, segment.meta.pg), segment.meta.to_json(), db=self.meta_db)
+        pgmrpl = segment.meta.pgmrpl
+
+        def publish() -> Segment:
+            segment.pgmrpl = Lsn(pgmrpl)
+            return segment
+
+        return publish
+
+    def op_append(self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord]) -> Publish:
+        """Adds the records the segment does not hold yet; publishes (scl, highest, new)."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        chain = segment.chain
+        log_items = []
+        version_items = []
+        touched = set()
+        new_bytes = 0
+        for lsn, prev_lsn_pg, page, kind, data in records:
+            if not chain.add(Lsn(lsn), Lsn(prev_lsn_pg)):
+                continue
+            log_items.append((LOG_KEY.pack(volume, pg, lsn), data))
+            new_bytes += len(data)
+            if kind == KIND_DELTA:
+                version_items.append((VERSION_KEY.pack(volume, pg, page, lsn), TAG_DELTA))
+                touched.add(page)
+            elif kind == KIND_IMAGE:
+                version_items.append((VERSION_KEY.pack(volume, pg, page, lsn), TAG_FULL))
+        meta = segment.meta
+        if log_items:
+            txn.cursor(self.log_db).putmulti(log_items)
+            if version_items:
+                txn.cursor(self.versions_db).putmulti(version_items)
+            meta.scl = chain.scl
+            meta.highest_lsn = chain.highest_lsn
+            meta.records += len(log_items)
+            meta.record_bytes += new_bytes
+            txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
+        scl, highest, new = chain.scl, chain.highest_lsn, len(log_items)
+
+        def publish() -> tuple[int, int, int]:
+            segment.scl = Lsn(scl)
+            segment.touch(touched)
+            return scl, highest, new
+
+        return publish
+
+    def op_put_image(self, txn: lmdb.Transaction, segment: Segment, page: int, lsn: int, image: bytes) -> Publish:
+        """Stores a materialised image as the version of `page` at `lsn` (which must exist)."""
+        key = VERSION_KEY.pack(segment.meta.volume_id, segment.meta.pg, page, lsn)
+        existing = txn.get(key, db=self.versions_db)
+        if existing is not None and existing[:1] != TAG_FULL:
+            txn.put(key, image_value(segment.id, page, lsn, image), db=self.versions_db)
+        return lambda: existing is not None
+
+    def op_replace_record(self, txn: lmdb.Transaction, segment: Segment, data: bytes) -> Publish:
+        """Overwrites a (corrupt) log record with a checked copy from a peer."""
+        header = redo.check(data)
+        key = LOG_KEY.pack(segment.meta.volume_id, segment.meta.pg, header[1])
+        replaced = txn.get(key, db=self.log_db) is not None
+        if replaced:
+            txn.put(key, data, db=self.log_db)
+        return lambda: replaced
+
+    def op_delete_versions(self, txn: lmdb.Transaction, segment: Segment, versions: list[tuple[int, int]]) -> Publish:
+        """Deletes (page, lsn) versions and their log records (garbage collection)."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        meta = segment.meta
+        deleted = 0
+        for page, lsn in versions:
+            txn.delete(VERSION_KEY.pack(volume, pg, page, lsn), db=self.versions_db)
+            data = txn.pop(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
+            if data is not None:
+                deleted += 1
+                meta.records -= 1
+                meta.record_bytes -= len(data)
+        txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
+        return lambda: deleted
+
+    def _last_lsn_at_or_below(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> int:
+        cursor = txn.cursor(self.log_db)
+        found = cursor.prev() if cursor.set_range(LOG_KEY.pack(volume, pg, lsn + 1)) else cursor.last()
+        if found and cursor.key()[:SEGMENT_KEY_BYTES] == SEGMENT_KEY.pack(volume, pg):
+            return U64.unpack_from(cursor.key(), SEGMENT_KEY_BYTES)[0]
+        return 0
+
+    def op_truncate(self, txn: lmdb.Transaction, segment: Segment, above: int, up_to: int) -> Publish:
+        """Deletes the records with above < lsn <= up_to and their page versions (recovery)."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        meta = segment.meta
+        doomed = []
+        for key, data in self._log_range(txn, volume, pg, above):
+            header = redo.HEADER.unpack_from(data)
+            if header[1] > up_to:
+                break
+            doomed.append((bytes(key), header[5], header[1], len(data)))
+        for key, page, lsn, size in doomed:
+            txn.delete(key, db=self.log_db)
+            txn.delete(VERSION_KEY.pack(volume, pg, page, lsn), db=self.versions_db)
+            meta.records -= 1
+            meta.record_bytes -= size
+        last_held = self._last_lsn_at_or_below(txn, volume, pg, above)
+        segment.chain.truncate(Lsn(above), Lsn(up_to), Lsn(last_held))
+        meta.scl = segment.chain.scl
+        meta.highest_lsn = segment.chain.highest_lsn
+        meta.truncated_above_lsn = above
+        meta.truncated_up_to_lsn = up_to
+        txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
+        scl = meta.scl
+
+        def publish() -> int:
+            segment.scl = Lsn(scl)
+            return len(doomed)
+
+        return publish

@@ -1,0 +1,40 @@
+"""Must-hold 1: six real nodes serve, and a batch appended to all six is acked with the right SCLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from borealis import rpc
+from deploy.local import LocalCluster
+from tests.support.redo_model import RedoModel
+from tests.support.storage import EPOCHS, append_all, clients, close_all, create_segment, run, segment_id
+
+pytestmark = pytest.mark.integration
+
+
+def test_six_nodes_serve_and_ack_with_scl(storage_cluster: LocalCluster) -> None:
+    async def scenario() -> None:
+        for node in storage_cluster.storage_nodes:
+            assert await rpc.health_status(node.address, 2.0) == "SERVING"
+        assert sorted(node.az for node in storage_cluster.storage_nodes) == ["az-a"] * 2 + ["az-b"] * 2 + ["az-c"] * 2
+        all_clients = clients(storage_cluster)
+        try:
+            await create_segment(all_clients, storage_cluster, pg=0, first_page=0, page_count=16)
+            model = RedoModel(first_page=0, page_count=16, seed=1)
+            batch = model.records(50)
+            acks = await append_all(all_clients, 0, batch)
+            assert [ack.scl for ack in acks] == [model.lsn] * 6
+            assert all(ack.records_new == 50 for ack in acks)
+            # Appending the same batch again is idempotent: nothing new, same SCL.
+            again = await append_all(all_clients, 0, batch)
+            assert [(ack.scl, ack.records_new) for ack in again] == [(model.lsn, 0)] * 6
+            for client in all_clients:
+                state = await client.state(segment_id(0))
+                assert state.scl == model.lsn and state.records == 50
+                for page in range(16):
+                    image, page_lsn = await client.get_page(segment_id(0), EPOCHS, page, model.lsn)
+                    assert (image, page_lsn) == model.page_at(page, model.lsn)
+        finally:
+            await close_all(all_clients)
+
+    run(scenario)
