@@ -41,6 +41,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The long fault soak; CI runs the bounded form inside `make test`.
 soak: install

@@ -36,10 +36,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListFailpointsResponse(failpoints=faults.points())
 
     @handler
-    async def RunTask(self, request: admin_pb2.RunTaskRequest, context: aio.ServicerContext) -> admin_pb2.RunTaskResponse:
+    async def RunTask(
+        self, request: admin_pb2.RunTaskRequest, context: aio.ServicerContext
+    ) -> admin_pb2.RunTaskResponse:
         task = self._tasks.get(request.task)
         if task is None:
-            raise InvalidRequest("unknown task", task=request.task, known=",".join(sorted(self._tasks)))
+            raise InvalidRequest(
+                "unknown task", task=request.task, known=",".join(sorted(self._tasks))
+            )
         return admin_pb2.RunTaskResponse(summary=await task())
 
     @handler

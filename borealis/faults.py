@@ -35,7 +35,9 @@ PAUSE_POLL_S = 0.01
 
 log = get_logger("faults")
 
-_ACTION = re.compile(r"^(?:(?P<percent>\d{1,3})%)?(?P<kind>off|error|pause|exit|sleep\((?P<ms>\d+)\))$")
+_ACTION = re.compile(
+    r"^(?:(?P<percent>\d{1,3})%)?(?P<kind>off|error|pause|exit|sleep\((?P<ms>\d+)\))$"
+)
 
 
 @dataclass(frozen=True)

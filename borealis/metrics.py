@@ -46,7 +46,9 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            samples = [(name, dict(labels), value) for (name, labels), value in self._values.items()]
+            samples = [
+                (name, dict(labels), value) for (name, labels), value in self._values.items()
+            ]
         for collect in self._collectors:
             samples.extend(collect())
         lines = []
@@ -55,7 +57,9 @@ class Metrics:
             full = f"{self._namespace}_{name}"
             lines.append(f"# HELP {full} {help_text}")
             lines.append(f"# TYPE {full} {kind}")
-            for sample_name, labels, value in sorted(samples, key=lambda s: (s[0], sorted(s[1].items()))):
+            for sample_name, labels, value in sorted(
+                samples, key=lambda s: (s[0], sorted(s[1].items()))
+            ):
                 if sample_name == name:
                     lines.append(f"{full}{_render_labels(labels)} {_render_value(value)}")
         return "\n".join(lines) + "\n"

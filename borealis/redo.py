@@ -76,18 +76,21 @@ def delta_payload(ranges: Iterable[tuple[int, bytes]]) -> bytes:
 
 
 def encode(record: RedoRecord) -> bytes:
-    body = HEADER.pack(
-        0,
-        record.lsn,
-        record.prev_lsn_volume,
-        record.prev_lsn_pg,
-        record.prev_lsn_page,
-        record.page,
-        record.kind,
-        FLAG_CPL if record.cpl else 0,
-        record.commit_time_us,
-        len(record.payload),
-    )[CRC.size :] + record.payload
+    body = (
+        HEADER.pack(
+            0,
+            record.lsn,
+            record.prev_lsn_volume,
+            record.prev_lsn_pg,
+            record.prev_lsn_page,
+            record.page,
+            record.kind,
+            FLAG_CPL if record.cpl else 0,
+            record.commit_time_us,
+            len(record.payload),
+        )[CRC.size :]
+        + record.payload
+    )
     return CRC.pack(crc32c(body)) + body
 
 

@@ -52,7 +52,9 @@ def handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 def channel(address: str, message_bytes_max: int) -> aio.Channel:
-    return aio.insecure_channel(address, options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS)
+    return aio.insecure_channel(
+        address, options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS
+    )
 
 
 async def call(coroutine: Awaitable[T], **context: Any) -> T:
@@ -74,7 +76,11 @@ def add_health(server: aio.Server) -> health.aio.HealthServicer:
 
 
 async def set_serving(servicer: Any, services: list[str], serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for service in ["", *services]:
         await servicer.set(service, status)
 
@@ -83,7 +89,9 @@ async def health_status(address: str, timeout_s: float) -> str:
     """The overall health of the process at `address`: SERVING, NOT_SERVING, or UNREACHABLE."""
     async with aio.insecure_channel(address) as ch:
         try:
-            response = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            response = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
         except aio.AioRpcError:
             return "UNREACHABLE"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -12,7 +12,9 @@ from borealis.errors import Unavailable
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout_s: float, interval_s: float = 0.05, what: str = "") -> T:
+def wait_until(
+    check: Callable[[], T], timeout_s: float, interval_s: float = 0.05, what: str = ""
+) -> T:
     """Calls `check` until it returns a truthy value or stops raising; its value.
 
     On the deadline, raises Unavailable naming `what` and the last failure.
@@ -28,7 +30,9 @@ def wait_until(check: Callable[[], T], timeout_s: float, interval_s: float = 0.0
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             last = error
         if time.monotonic() >= deadline:
-            raise Unavailable(f"timed out after {timeout_s}s waiting for {what or check}", last=repr(last))
+            raise Unavailable(
+                f"timed out after {timeout_s}s waiting for {what or check}", last=repr(last)
+            )
         time.sleep(interval_s)
 
 
@@ -47,5 +51,7 @@ async def wait_until_async(
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             last = error
         if time.monotonic() >= deadline:
-            raise Unavailable(f"timed out after {timeout_s}s waiting for {what or check}", last=repr(last))
+            raise Unavailable(
+                f"timed out after {timeout_s}s waiting for {what or check}", last=repr(last)
+            )
         await asyncio.sleep(interval_s)

@@ -184,7 +184,13 @@ class LocalCluster:
         directory = self.data_dir / name
         config = config_module.build(
             StorageNodeConfig,
-            {"name": name, "az": az, "data_dir": directory, "port": self.ports.allocate(), **self.storage_overrides},
+            {
+                "name": name,
+                "az": az,
+                "data_dir": directory,
+                "port": self.ports.allocate(),
+                **self.storage_overrides,
+            },
         )
         directory.mkdir(parents=True, exist_ok=True)
         config_path = directory / "storage_node.toml"
@@ -203,7 +209,9 @@ class LocalCluster:
         """Starts every process that is not running (all of them the first time)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.storage_nodes:
-            self.storage_nodes = [self._storage_node(name, az) for name, az in storage_layout(self.storage_count)]
+            self.storage_nodes = [
+                self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
+            ]
         try:
             for node in self.storage_nodes:
                 if not node.is_running():
@@ -255,7 +263,13 @@ class LocalCluster:
         cluster.storage_nodes = [
             StorageNodeProcess(
                 name=entry["name"],
-                argv=[sys.executable, "-m", "storage_node", "--config", str(Path(entry["directory"]) / "storage_node.toml")],
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "storage_node",
+                    "--config",
+                    str(Path(entry["directory"]) / "storage_node.toml"),
+                ],
                 directory=Path(entry["directory"]),
                 address=entry["address"],
                 az=entry["az"],

@@ -16,9 +16,13 @@ from storage_node.server import StorageNode
 
 
 def parse_args(argv: list[str]) -> StorageNodeConfig:
-    parser = argparse.ArgumentParser(prog="python -m storage_node", description="Run a Borealis storage node.")
+    parser = argparse.ArgumentParser(
+        prog="python -m storage_node", description="Run a Borealis storage node."
+    )
     parser.add_argument("--config", type=Path, help="TOML file; settings under [storage_node]")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
+    )
     for flag in ("name", "data-dir", "port", "az", "host"):
         parser.add_argument(f"--{flag}")
     args = parser.parse_args(argv)

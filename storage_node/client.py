@@ -26,12 +26,16 @@ class AppendAck:
 
 def encode_append(segment_id: SegmentId, epochs: Epochs, records: list[bytes]) -> bytes:
     """An AppendRedo request serialized once, to send to all six segments."""
-    request = storage_pb2.AppendRedoRequest(segment=segment_ref(segment_id, epochs), records=records)
+    request = storage_pb2.AppendRedoRequest(
+        segment=segment_ref(segment_id, epochs), records=records
+    )
     return request.SerializeToString()
 
 
 class StorageClient:
-    def __init__(self, address: str, timeout_s: float = 5.0, message_bytes_max: int = MESSAGE_BYTES_MAX) -> None:
+    def __init__(
+        self, address: str, timeout_s: float = 5.0, message_bytes_max: int = MESSAGE_BYTES_MAX
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = rpc.channel(address, message_bytes_max)
@@ -57,19 +61,34 @@ class StorageClient:
         return self.timeout_s if timeout_s is None else timeout_s
 
     async def append(
-        self, segment_id: SegmentId, epochs: Epochs, records: list[bytes], timeout_s: float | None = None
+        self,
+        segment_id: SegmentId,
+        epochs: Epochs,
+        records: list[bytes],
+        timeout_s: float | None = None,
     ) -> AppendAck:
         return await self.append_encoded(encode_append(segment_id, epochs, records), timeout_s)
 
     async def append_encoded(self, request: bytes, timeout_s: float | None = None) -> AppendAck:
-        response = await rpc.call(self._append_encoded(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._append_encoded(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return AppendAck(Lsn(response.scl), Lsn(response.highest_lsn), response.records_new)
 
     async def get_page(
-        self, segment_id: SegmentId, epochs: Epochs, page: int, lsn: int, timeout_s: float | None = None
+        self,
+        segment_id: SegmentId,
+        epochs: Epochs,
+        page: int,
+        lsn: int,
+        timeout_s: float | None = None,
     ) -> tuple[bytes, Lsn]:
-        request = storage_pb2.GetPageRequest(segment=segment_ref(segment_id, epochs), page=page, lsn=lsn)
-        response = await rpc.call(self._stub.GetPage(request, timeout=self._timeout(timeout_s)), node=self.address)
+        request = storage_pb2.GetPageRequest(
+            segment=segment_ref(segment_id, epochs), page=page, lsn=lsn
+        )
+        response = await rpc.call(
+            self._stub.GetPage(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return response.image, Lsn(response.page_lsn)
 
     async def read_records(
@@ -82,19 +101,29 @@ class StorageClient:
         timeout_s: float | None = None,
     ) -> tuple[list[bytes], bool, Lsn]:
         request = storage_pb2.ReadRecordsRequest(
-            segment=segment_ref(segment_id, epochs), after_lsn=after_lsn, up_to_lsn=up_to_lsn, bytes_max=bytes_max
+            segment=segment_ref(segment_id, epochs),
+            after_lsn=after_lsn,
+            up_to_lsn=up_to_lsn,
+            bytes_max=bytes_max,
         )
-        response = await rpc.call(self._stub.ReadRecords(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._stub.ReadRecords(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return list(response.records), response.more, Lsn(response.scl)
 
     async def state(self, segment_id: SegmentId, timeout_s: float | None = None) -> SegmentMeta:
         request = storage_pb2.GetSegmentStateRequest(segment=segment_ref(segment_id, Epochs(0, 0)))  # type: ignore[arg-type]
-        response = await rpc.call(self._stub.GetSegmentState(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._stub.GetSegmentState(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return state_of(response)
 
     async def list_segments(self, timeout_s: float | None = None) -> list[SegmentMeta]:
         response = await rpc.call(
-            self._stub.ListSegments(storage_pb2.ListSegmentsRequest(), timeout=self._timeout(timeout_s)), node=self.address
+            self._stub.ListSegments(
+                storage_pb2.ListSegmentsRequest(), timeout=self._timeout(timeout_s)
+            ),
+            node=self.address,
         )
         return [state_of(state) for state in response.segments]
 
@@ -113,7 +142,9 @@ class StorageClient:
             page_count=page_count,
             members=members_to_proto(members),
         )
-        response = await rpc.call(self._stub.SetMembership(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._stub.SetMembership(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return state_of(response)
 
     async def set_epoch(
@@ -131,29 +162,40 @@ class StorageClient:
             truncate_above_lsn=above,
             truncate_up_to_lsn=up_to,
         )
-        response = await rpc.call(self._stub.SetEpoch(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._stub.SetEpoch(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return state_of(response)
 
     async def set_pgmrpl(
         self, segment_id: SegmentId, epochs: Epochs, pgmrpl: int, timeout_s: float | None = None
     ) -> SegmentMeta:
-        request = storage_pb2.SetPgmrplRequest(segment=segment_ref(segment_id, epochs), pgmrpl=pgmrpl)
-        response = await rpc.call(self._stub.SetPgmrpl(request, timeout=self._timeout(timeout_s)), node=self.address)
+        request = storage_pb2.SetPgmrplRequest(
+            segment=segment_ref(segment_id, epochs), pgmrpl=pgmrpl
+        )
+        response = await rpc.call(
+            self._stub.SetPgmrpl(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return state_of(response)
 
     # -- admin -------------------------------------------------------------------
 
     async def set_failpoint(self, name: str, action: str, timeout_s: float | None = None) -> None:
         request = admin_pb2.SetFailpointRequest(name=name, action=action)
-        await rpc.call(self._admin.SetFailpoint(request, timeout=self._timeout(timeout_s)), node=self.address)
+        await rpc.call(
+            self._admin.SetFailpoint(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
 
     async def run_task(self, task: str, timeout_s: float | None = None) -> str:
         request = admin_pb2.RunTaskRequest(task=task)
-        response = await rpc.call(self._admin.RunTask(request, timeout=self._timeout(timeout_s)), node=self.address)
+        response = await rpc.call(
+            self._admin.RunTask(request, timeout=self._timeout(timeout_s)), node=self.address
+        )
         return response.summary
 
     async def metrics(self, timeout_s: float | None = None) -> str:
         response = await rpc.call(
-            self._admin.GetMetrics(admin_pb2.GetMetricsRequest(), timeout=self._timeout(timeout_s)), node=self.address
+            self._admin.GetMetrics(admin_pb2.GetMetricsRequest(), timeout=self._timeout(timeout_s)),
+            node=self.address,
         )
         return response.text

@@ -41,7 +41,9 @@ def deltas_to_coalesce(versions: PageVersions, scl: int) -> tuple[int, int] | No
 
 
 class Coalescer:
-    def __init__(self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics) -> None:
+    def __init__(
+        self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics
+    ) -> None:
         self._config = config
         self._store = store
         self._writer = writer
@@ -69,12 +71,25 @@ class Coalescer:
                 continue
             lsn = found[0]
             try:
-                image, _ = await asyncio.to_thread(self._store.read_page, segment, page_versions.page, lsn)
+                image, _ = await asyncio.to_thread(
+                    self._store.read_page, segment, page_versions.page, lsn
+                )
             except Corruption as error:
-                log.warning("coalesce skipped a corrupt page", segment=segment.id, page=page_versions.page, error=error)
+                log.warning(
+                    "coalesce skipped a corrupt page",
+                    segment=segment.id,
+                    page=page_versions.page,
+                    error=error,
+                )
                 continue
             await self._writer.run(
-                partial(self._store.op_put_image, segment=segment, page=page_versions.page, lsn=lsn, image=image)
+                partial(
+                    self._store.op_put_image,
+                    segment=segment,
+                    page=page_versions.page,
+                    lsn=lsn,
+                    image=image,
+                )
             )
             images += 1
         segment.touch(later)

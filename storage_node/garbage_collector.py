@@ -62,18 +62,33 @@ class GarbageCollector:
                 continue
             if materialise is not None:
                 try:
-                    image, _ = await asyncio.to_thread(self._store.read_page, segment, page_versions.page, materialise)
+                    image, _ = await asyncio.to_thread(
+                        self._store.read_page, segment, page_versions.page, materialise
+                    )
                 except Corruption as error:
-                    log.warning("gc kept a page it could not materialise", segment=segment.id, page=page_versions.page, error=error)
+                    log.warning(
+                        "gc kept a page it could not materialise",
+                        segment=segment.id,
+                        page=page_versions.page,
+                        error=error,
+                    )
                     continue
                 await self._writer.run(
-                    partial(self._store.op_put_image, segment=segment, page=page_versions.page, lsn=materialise, image=image)
+                    partial(
+                        self._store.op_put_image,
+                        segment=segment,
+                        page=page_versions.page,
+                        lsn=materialise,
+                        image=image,
+                    )
                 )
             doomed.extend((page_versions.page, lsn) for lsn in older)
         deleted = 0
         for start in range(0, len(doomed), DELETES_PER_TRANSACTION_MAX):
             chunk = doomed[start : start + DELETES_PER_TRANSACTION_MAX]
-            deleted += await self._writer.run(partial(self._store.op_delete_versions, segment=segment, versions=chunk))
+            deleted += await self._writer.run(
+                partial(self._store.op_delete_versions, segment=segment, versions=chunk)
+            )
         self._horizon_done[segment.id] = horizon
         if deleted:
             self._metrics.inc("gc_records_deleted_total", deleted)

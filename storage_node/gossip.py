@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 
 from borealis.log import get_logger
-from borealis.redo import HEADER
 from borealis.metrics import Metrics
+from borealis.redo import HEADER
 from storage_node.client import StorageClient
 from storage_node.config import StorageNodeConfig
 from storage_node.peers import PEER_ERRORS, Peers
@@ -31,7 +31,12 @@ FILL_BYTES_PER_PASS_MAX = 64 * 2**20
 
 class Gossip:
     def __init__(
-        self, config: StorageNodeConfig, store: SegmentStore, service: StorageService, peers: Peers, metrics: Metrics
+        self,
+        config: StorageNodeConfig,
+        store: SegmentStore,
+        service: StorageService,
+        peers: Peers,
+        metrics: Metrics,
     ) -> None:
         self._config = config
         self._store = store
@@ -78,10 +83,16 @@ class Gossip:
             while copied_bytes < FILL_BYTES_PER_PASS_MAX:
                 try:
                     records, more, _ = await client.read_records(
-                        segment.id, epochs, after, state.highest_lsn, self._config.read_records_bytes_max
+                        segment.id,
+                        epochs,
+                        after,
+                        state.highest_lsn,
+                        self._config.read_records_bytes_max,
                     )
                 except PEER_ERRORS as error:
-                    log.info("gossip read failed", segment=segment.id, peer=client.address, error=error)
+                    log.info(
+                        "gossip read failed", segment=segment.id, peer=client.address, error=error
+                    )
                     break
                 if not records:
                     break

@@ -15,7 +15,11 @@ class Peers:
 
     def of(self, segment: Segment) -> list[tuple[Member, StorageClient]]:
         """The segment's other members, with a client each."""
-        return [(member, self.client(member.address)) for member in segment.meta.members if member.node != self._node_name]
+        return [
+            (member, self.client(member.address))
+            for member in segment.meta.members
+            if member.node != self._node_name
+        ]
 
     def client(self, address: str) -> StorageClient:
         client = self._clients.get(address)

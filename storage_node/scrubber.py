@@ -28,7 +28,12 @@ log = get_logger("storage_node.scrubber")
 
 class Scrubber:
     def __init__(
-        self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, peers: Peers, metrics: Metrics
+        self,
+        config: StorageNodeConfig,
+        store: SegmentStore,
+        writer: Writer,
+        peers: Peers,
+        metrics: Metrics,
     ) -> None:
         self._config = config
         self._store = store
@@ -67,21 +72,40 @@ class Scrubber:
                     records, _, _ = await client.read_records(segment.id, epochs, lsn - 1, lsn)
                     if not records or redo.check(records[0])[1] != lsn:
                         continue
-                    await self._writer.run(partial(self._store.op_replace_record, segment=segment, data=records[0]))
-                    log.warning("repaired a corrupt log record from a peer", segment=segment.id, lsn=lsn, peer=member.node)
+                    await self._writer.run(
+                        partial(self._store.op_replace_record, segment=segment, data=records[0])
+                    )
+                    log.warning(
+                        "repaired a corrupt log record from a peer",
+                        segment=segment.id,
+                        lsn=lsn,
+                        peer=member.node,
+                    )
                 else:
                     _, _, page, lsn = VERSION_KEY.unpack(key)
                     image, _ = await client.get_page(segment.id, epochs, page, lsn)
                     if len(image) != redo.PAGE_SIZE_BYTES:
                         continue
                     await self._writer.run(
-                        partial(self._store.op_put_image, segment=segment, page=page, lsn=lsn, image=image)
+                        partial(
+                            self._store.op_put_image,
+                            segment=segment,
+                            page=page,
+                            lsn=lsn,
+                            image=image,
+                        )
                     )
                     log.warning(
-                        "repaired a corrupt page image from a peer", segment=segment.id, page=page, lsn=lsn, peer=member.node
+                        "repaired a corrupt page image from a peer",
+                        segment=segment.id,
+                        page=page,
+                        lsn=lsn,
+                        peer=member.node,
                     )
                 return True
             except (InvalidRequest, *PEER_ERRORS) as error:
-                log.info("repair from peer failed", segment=segment.id, peer=member.node, error=error)
+                log.info(
+                    "repair from peer failed", segment=segment.id, peer=member.node, error=error
+                )
         log.error("no peer could repair a corrupt copy", segment=segment.id, kind=kind)
         return False

@@ -95,7 +95,10 @@ class Segment:
         one means this segment missed a recovery or membership change and may hold
         records the new epoch truncated, so it must not answer either.
         """
-        if epochs.volume != self.meta.volume_epoch or epochs.membership != self.meta.membership_epoch:
+        if (
+            epochs.volume != self.meta.volume_epoch
+            or epochs.membership != self.meta.membership_epoch
+        ):
             raise StaleEpoch(
                 "request epochs do not match the segment's",
                 segment=self.id,

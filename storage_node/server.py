@@ -31,7 +31,11 @@ SERVICE_NAMES = ["borealis.storage.Storage", "borealis.admin.Admin"]
 def declare_metrics(metrics: Metrics) -> None:
     for name, kind, help_text in (
         ("records_appended_total", "counter", "Redo records persisted (new ones only)."),
-        ("record_bytes_appended_total", "counter", "Bytes of the redo records in accepted batches."),
+        (
+            "record_bytes_appended_total",
+            "counter",
+            "Bytes of the redo records in accepted batches.",
+        ),
         ("fsyncs_total", "counter", "LMDB commits (each one fsync) by the writer thread."),
         ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
         ("pages_read_total", "counter", "GetPage calls answered."),
@@ -85,9 +89,21 @@ class StorageNode:
         scrubber = Scrubber(self.config, self.store, self.writer, peers, self.metrics)
         service.scrubber = scrubber
         tasks = [
-            Periodic("gossip", self.config.gossip_interval_ms, Gossip(self.config, self.store, service, peers, self.metrics).run_once),
-            Periodic("coalesce", self.config.coalesce_interval_ms, Coalescer(self.config, self.store, self.writer, self.metrics).run_once),
-            Periodic("gc", self.config.gc_interval_ms, GarbageCollector(self.store, self.writer, self.metrics).run_once),
+            Periodic(
+                "gossip",
+                self.config.gossip_interval_ms,
+                Gossip(self.config, self.store, service, peers, self.metrics).run_once,
+            ),
+            Periodic(
+                "coalesce",
+                self.config.coalesce_interval_ms,
+                Coalescer(self.config, self.store, self.writer, self.metrics).run_once,
+            ),
+            Periodic(
+                "gc",
+                self.config.gc_interval_ms,
+                GarbageCollector(self.store, self.writer, self.metrics).run_once,
+            ),
             Periodic("scrub", self.config.scrub_interval_ms, scrubber.run_once),
         ]
         scrubber.periodic = tasks[-1]
@@ -102,7 +118,13 @@ class StorageNode:
         address = f"{self.config.host}:{port}"
         (self.config.data_dir / "address").write_text(address + "\n")
         await rpc.set_serving(health, SERVICE_NAMES, True)
-        log.info("storage node serving", node=self.config.name, az=self.config.az, address=address, segments=len(self.store.segments))
+        log.info(
+            "storage node serving",
+            node=self.config.name,
+            az=self.config.az,
+            address=address,
+            segments=len(self.store.segments),
+        )
 
         running = [asyncio.create_task(task.loop(), name=task.name) for task in tasks]
         stop = asyncio.Event()

@@ -25,11 +25,15 @@ if TYPE_CHECKING:
 KIND_SIZE = int(redo.Kind.SIZE)
 
 
-def check_batch(segment: Segment, records: list[bytes], config: StorageNodeConfig) -> list[IncomingRecord]:
+def check_batch(
+    segment: Segment, records: list[bytes], config: StorageNodeConfig
+) -> list[IncomingRecord]:
     """Checks every record of an AppendRedo batch (or a gossip fill) before anything is written."""
     if len(records) > config.append_batch_records_max:
         raise InvalidRequest(
-            "batch has too many records", records=len(records), limit=config.append_batch_records_max
+            "batch has too many records",
+            records=len(records),
+            limit=config.append_batch_records_max,
         )
     first_page = segment.meta.first_page
     end_page = first_page + segment.meta.page_count
@@ -47,12 +51,16 @@ def check_batch(segment: Segment, records: list[bytes], config: StorageNodeConfi
             segment.check_page(page)
         checked.append((lsn, prev_lsn_pg, page, kind, data))
     if batch_bytes > config.append_batch_bytes_max:
-        raise InvalidRequest("batch is too large", bytes=batch_bytes, limit=config.append_batch_bytes_max)
+        raise InvalidRequest(
+            "batch is too large", bytes=batch_bytes, limit=config.append_batch_bytes_max
+        )
     return checked
 
 
 class StorageService(storage_pb2_grpc.StorageServicer):
-    def __init__(self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics) -> None:
+    def __init__(
+        self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics
+    ) -> None:
         self._config = config
         self._store = store
         self._writer = writer
@@ -79,7 +87,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             raise
         async with self._append_slots:
             await faults.apoint("storage.append.before_write")
-            scl, highest, new = await self._writer.run(partial(self._store.op_append, segment=segment, records=checked))
+            scl, highest, new = await self._writer.run(
+                partial(self._store.op_append, segment=segment, records=checked)
+            )
         if new:
             self._metrics.inc("records_appended_total", new)
             self._metrics.inc("record_bytes_appended_total", sum(len(r[4]) for r in checked))
@@ -95,15 +105,25 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return storage_pb2.AppendRedoResponse(scl=scl, highest_lsn=highest, records_new=new)
 
     @handler
-    async def GetPage(self, request: storage_pb2.GetPageRequest, context: aio.ServicerContext) -> storage_pb2.GetPageResponse:
+    async def GetPage(
+        self, request: storage_pb2.GetPageRequest, context: aio.ServicerContext
+    ) -> storage_pb2.GetPageResponse:
         segment = self._segment(request.segment)
         segment.check_page(request.page)
         if request.lsn < segment.pgmrpl:
             raise VersionGone(
-                "read point is below the PGMRPL", segment=segment.id, lsn=request.lsn, pgmrpl=segment.pgmrpl
+                "read point is below the PGMRPL",
+                segment=segment.id,
+                lsn=request.lsn,
+                pgmrpl=segment.pgmrpl,
             )
         if request.lsn > segment.scl:
-            raise Unavailable("segment is not complete to the read point", segment=segment.id, lsn=request.lsn, scl=segment.scl)
+            raise Unavailable(
+                "segment is not complete to the read point",
+                segment=segment.id,
+                lsn=request.lsn,
+                scl=segment.scl,
+            )
         await faults.apoint("storage.get_page")
         try:
             image, page_lsn = self._store.read_page(segment, request.page, request.lsn)
@@ -123,11 +143,18 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         self, request: storage_pb2.ReadRecordsRequest, context: aio.ServicerContext
     ) -> storage_pb2.ReadRecordsResponse:
         segment = self._segment(request.segment)
-        bytes_max = min(request.bytes_max or self._config.read_records_bytes_max, self._config.read_records_bytes_max)
+        bytes_max = min(
+            request.bytes_max or self._config.read_records_bytes_max,
+            self._config.read_records_bytes_max,
+        )
         if request.up_to_lsn < request.after_lsn:
-            raise InvalidRequest("up_to_lsn is below after_lsn", after=request.after_lsn, up_to=request.up_to_lsn)
+            raise InvalidRequest(
+                "up_to_lsn is below after_lsn", after=request.after_lsn, up_to=request.up_to_lsn
+            )
         try:
-            records, more = self._store.read_records(segment, request.after_lsn, request.up_to_lsn, bytes_max)
+            records, more = self._store.read_records(
+                segment, request.after_lsn, request.up_to_lsn, bytes_max
+            )
         except Corruption:
             self._corruption_found()
             raise
@@ -181,7 +208,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             )
         if ref.membership_epoch == meta.membership_epoch:
             if members != meta.members:
-                raise InvalidRequest("membership epoch reused for a different member set", segment=segment.id)
+                raise InvalidRequest(
+                    "membership epoch reused for a different member set", segment=segment.id
+                )
             return state_to_proto(segment)
 
         def change(meta: SegmentMeta) -> None:
@@ -192,10 +221,15 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return state_to_proto(segment)
 
     @handler
-    async def SetEpoch(self, request: storage_pb2.SetEpochRequest, context: aio.ServicerContext) -> storage_pb2.SegmentState:
+    async def SetEpoch(
+        self, request: storage_pb2.SetEpochRequest, context: aio.ServicerContext
+    ) -> storage_pb2.SegmentState:
         ref = request.segment
         segment = self._segment(ref, check_epochs=False)
-        if ref.volume_epoch < segment.meta.volume_epoch or ref.membership_epoch != segment.meta.membership_epoch:
+        if (
+            ref.volume_epoch < segment.meta.volume_epoch
+            or ref.membership_epoch != segment.meta.membership_epoch
+        ):
             self._metrics.inc("stale_epoch_requests_total")
             raise StaleEpoch(
                 "epoch change refused",
@@ -224,7 +258,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         return state_to_proto(segment)
 
     @handler
-    async def SetPgmrpl(self, request: storage_pb2.SetPgmrplRequest, context: aio.ServicerContext) -> storage_pb2.SegmentState:
+    async def SetPgmrpl(
+        self, request: storage_pb2.SetPgmrplRequest, context: aio.ServicerContext
+    ) -> storage_pb2.SegmentState:
         segment = self._segment(request.segment)
         if request.pgmrpl > segment.pgmrpl:
 
@@ -232,5 +268,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                 # The PGMRPL only moves forward: a lower value is a late message.
                 meta.pgmrpl = max(meta.pgmrpl, request.pgmrpl)
 
-            await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+            await self._writer.run(
+                partial(self._store.op_update_meta, segment=segment, change=change)
+            )
         return state_to_proto(segment)

@@ -79,7 +79,9 @@ def check_image_value(key: bytes, value: bytes) -> bytes:
     (crc,) = IMAGE_CRC.unpack_from(value, 1)
     if len(image) != redo.PAGE_SIZE_BYTES or crc32c(bytes(key) + image) != crc:
         volume, pg, page, lsn = VERSION_KEY.unpack(key)
-        raise Corruption("materialised page image CRC32C mismatch", segment=f"{volume}/{pg}", page=page, lsn=lsn)
+        raise Corruption(
+            "materialised page image CRC32C mismatch", segment=f"{volume}/{pg}", page=page, lsn=lsn
+        )
     return image
 
 
@@ -117,7 +119,9 @@ class SegmentStore:
                 segments[segment.id] = segment
         self.segments = segments
 
-    def _records_above(self, txn: lmdb.Transaction, meta: SegmentMeta, lsn: int) -> Iterator[tuple[Lsn, Lsn]]:
+    def _records_above(
+        self, txn: lmdb.Transaction, meta: SegmentMeta, lsn: int
+    ) -> Iterator[tuple[Lsn, Lsn]]:
         for _key, data in self._log_range(txn, meta.volume_id, meta.pg, lsn):
             header = redo.HEADER.unpack_from(data)
             yield Lsn(header[1]), Lsn(header[3])
@@ -130,7 +134,9 @@ class SegmentStore:
 
     # -- reads -----------------------------------------------------------------
 
-    def _log_range(self, txn: lmdb.Transaction, volume: int, pg: int, after: int) -> Iterator[tuple[bytes, bytes]]:
+    def _log_range(
+        self, txn: lmdb.Transaction, volume: int, pg: int, after: int
+    ) -> Iterator[tuple[bytes, bytes]]:
         cursor = txn.cursor(self.log_db)
         prefix = SEGMENT_KEY.pack(volume, pg)
         if not cursor.set_range(LOG_KEY.pack(volume, pg, after + 1)):
@@ -173,11 +179,15 @@ class SegmentStore:
     def _log_record(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> bytes:
         data = txn.get(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
         if data is None:
-            raise Corruption("page version without its log record", segment=f"{volume}/{pg}", lsn=lsn)
+            raise Corruption(
+                "page version without its log record", segment=f"{volume}/{pg}", lsn=lsn
+            )
         redo.check(data, Corruption)
         return data
 
-    def read_records(self, segment: Segment, after: int, up_to: int, bytes_max: int) -> tuple[list[bytes], bool]:
+    def read_records(
+        self, segment: Segment, after: int, up_to: int, bytes_max: int
+    ) -> tuple[list[bytes], bool]:
         """Records with after < lsn <= up_to, at least one if any, about `bytes_max` in all."""
         records: list[bytes] = []
         total = 0
@@ -193,14 +203,20 @@ class SegmentStore:
                 total += len(data)
         return records, False
 
-    def page_versions(self, segment: Segment, pages: set[int] | None = None) -> Iterator[PageVersions]:
+    def page_versions(
+        self, segment: Segment, pages: set[int] | None = None
+    ) -> Iterator[PageVersions]:
         """Every version of the given pages (all pages if None), newest first per page."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         with self.env.begin() as txn:
             cursor = txn.cursor(self.versions_db)
             targets = sorted(pages) if pages is not None else [None]
             for target in targets:
-                start = PAGE_PREFIX.pack(volume, pg, target) if target is not None else SEGMENT_KEY.pack(volume, pg)
+                start = (
+                    PAGE_PREFIX.pack(volume, pg, target)
+                    if target is not None
+                    else SEGMENT_KEY.pack(volume, pg)
+                )
                 stop = start
                 current: PageVersions | None = None
                 if not cursor.set_range(start):
@@ -222,7 +238,9 @@ class SegmentStore:
                     current.tags.reverse()
                     yield current
 
-    def scan(self, segment: Segment, after_key: bytes, items_max: int) -> tuple[list[tuple[str, bytes]], bytes | None]:
+    def scan(
+        self, segment: Segment, after_key: bytes, items_max: int
+    ) -> tuple[list[tuple[str, bytes]], bytes | None]:
         """Checks up to `items_max` log records and images after `after_key`.
 
         Returns the bad ones as ("log" | "image", key) and where to resume (None at the end).
@@ -275,7 +293,11 @@ class SegmentStore:
     ) -> Publish:
         """Applies `change` to the segment's meta (in the writer thread) and persists it."""
         change(segment.meta)
-        txn.put(SEGMENT_KEY.pack(segment.meta.volume_id, segment.meta.pg), segment.meta.to_json(), db=self.meta_db)
+        txn.put(
+            SEGMENT_KEY.pack(segment.meta.volume_id, segment.meta.pg),
+            segment.meta.to_json(),
+            db=self.meta_db,
+        )
         pgmrpl = segment.meta.pgmrpl
 
         def publish() -> Segment:
@@ -284,7 +306,9 @@ class SegmentStore:
 
         return publish
 
-    def op_append(self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord]) -> Publish:
+    def op_append(
+        self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord]
+    ) -> Publish:
         """Adds the records the segment does not hold yet; publishes (scl, highest, new)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         chain = segment.chain
@@ -321,7 +345,9 @@ class SegmentStore:
 
         return publish
 
-    def op_put_image(self, txn: lmdb.Transaction, segment: Segment, page: int, lsn: int, image: bytes) -> Publish:
+    def op_put_image(
+        self, txn: lmdb.Transaction, segment: Segment, page: int, lsn: int, image: bytes
+    ) -> Publish:
         """Stores a materialised image as the version of `page` at `lsn` (which must exist)."""
         key = VERSION_KEY.pack(segment.meta.volume_id, segment.meta.pg, page, lsn)
         existing = txn.get(key, db=self.versions_db)
@@ -338,7 +364,9 @@ class SegmentStore:
             txn.put(key, data, db=self.log_db)
         return lambda: replaced
 
-    def op_delete_versions(self, txn: lmdb.Transaction, segment: Segment, versions: list[tuple[int, int]]) -> Publish:
+    def op_delete_versions(
+        self, txn: lmdb.Transaction, segment: Segment, versions: list[tuple[int, int]]
+    ) -> Publish:
         """Deletes (page, lsn) versions and their log records (garbage collection)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         meta = segment.meta
@@ -355,12 +383,16 @@ class SegmentStore:
 
     def _last_lsn_at_or_below(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> int:
         cursor = txn.cursor(self.log_db)
-        found = cursor.prev() if cursor.set_range(LOG_KEY.pack(volume, pg, lsn + 1)) else cursor.last()
+        found = (
+            cursor.prev() if cursor.set_range(LOG_KEY.pack(volume, pg, lsn + 1)) else cursor.last()
+        )
         if found and cursor.key()[:SEGMENT_KEY_BYTES] == SEGMENT_KEY.pack(volume, pg):
             return U64.unpack_from(cursor.key(), SEGMENT_KEY_BYTES)[0]
         return 0
 
-    def op_truncate(self, txn: lmdb.Transaction, segment: Segment, above: int, up_to: int) -> Publish:
+    def op_truncate(
+        self, txn: lmdb.Transaction, segment: Segment, above: int, up_to: int
+    ) -> Publish:
         """Deletes the records with above < lsn <= up_to and their page versions (recovery)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         meta = segment.meta

@@ -29,12 +29,16 @@ Operation = Callable[[lmdb.Transaction], Publish]
 
 
 class Writer:
-    def __init__(self, store: SegmentStore, group_batches_max: int, on_commit: Callable[[int], None]) -> None:
+    def __init__(
+        self, store: SegmentStore, group_batches_max: int, on_commit: Callable[[int], None]
+    ) -> None:
         self._store = store
         self._group_batches_max = group_batches_max
         self._on_commit = on_commit
         # Bounded by the callers' semaphore; the limit here is a backstop.
-        self._queue: queue.Queue[tuple[Operation, asyncio.Future[Any]] | None] = queue.Queue(maxsize=4096)
+        self._queue: queue.Queue[tuple[Operation, asyncio.Future[Any]] | None] = queue.Queue(
+            maxsize=4096
+        )
         self._thread = threading.Thread(target=self._run, name="lmdb-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,10 +86,18 @@ class Writer:
                 faults.point("storage.writer.before_commit")
             faults.point("storage.writer.after_commit")
         except Exception as error:  # noqa: BLE001 - the whole group fails alike
-            log.error("group commit failed; reloading segment state", error=repr(error), batches=len(group))
+            log.error(
+                "group commit failed; reloading segment state",
+                error=repr(error),
+                batches=len(group),
+            )
             # Working state (chains, meta) ran ahead of what is on disk: rebuild it.
             self._store.load()
-            failure = error if isinstance(error, BorealisError) else ResourceExhausted(f"storage write failed: {error!r}")
+            failure = (
+                error
+                if isinstance(error, BorealisError)
+                else ResourceExhausted(f"storage write failed: {error!r}")
+            )
             for _operation, future in group:
                 self._resolve(future, failure)
             return

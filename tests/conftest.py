@@ -39,7 +39,9 @@ class ClusterBuilder:
         # Regexes of ERROR log lines a test expects (e.g. a repair that logs).
         self.allowed_errors: list[str] = []
 
-    def __call__(self, storage_nodes: int = 6, env: dict[str, str] | None = None, **storage: object) -> LocalCluster:
+    def __call__(
+        self, storage_nodes: int = 6, env: dict[str, str] | None = None, **storage: object
+    ) -> LocalCluster:
         cluster = LocalCluster(
             self._tmp_path / f"cluster{len(self.clusters)}",
             ports=self._ports,
@@ -62,7 +64,9 @@ class ClusterBuilder:
 
 
 @pytest.fixture
-def cluster_builder(tmp_path, port_allocator: PortAllocator) -> Iterator[Callable[..., LocalCluster]]:  # type: ignore[no-untyped-def]
+def cluster_builder(
+    tmp_path, port_allocator: PortAllocator
+) -> Iterator[Callable[..., LocalCluster]]:  # type: ignore[no-untyped-def]
     builder = ClusterBuilder(tmp_path, port_allocator)
     try:
         yield builder

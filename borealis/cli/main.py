@@ -25,7 +25,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         cluster = LocalCluster.from_cluster_file(data_dir)
     else:
         overrides = dict(item.split("=", 1) for item in args.storage_set)
-        cluster = LocalCluster(data_dir, storage_nodes=args.storage_nodes, storage_overrides=overrides)
+        cluster = LocalCluster(
+            data_dir, storage_nodes=args.storage_nodes, storage_overrides=overrides
+        )
     cluster.start()
     print(f"cluster up in {cluster.data_dir}")
     print_status(cluster)
@@ -64,18 +66,28 @@ def print_status(cluster: LocalCluster) -> int:
     print(f"{'node':<6} {'az':<6} {'address':<22} {'pid':>8} {'health':<12} {'segments':>8}")
     for node, (health, segments) in zip(cluster.storage_nodes, rows, strict=True):
         shown = str(segments) if segments >= 0 else "-"
-        print(f"{node.name:<6} {node.az:<6} {node.address:<22} {node.pid or '-':>8} {health:<12} {shown:>8}")
+        print(
+            f"{node.name:<6} {node.az:<6} {node.address:<22} {node.pid or '-':>8} {health:<12} {shown:>8}"
+        )
     return 0 if all(health == "SERVING" for health, _ in rows) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="borealis", description="Borealis: an Aurora-style database.")
+    parser = argparse.ArgumentParser(
+        prog="borealis", description="Borealis: an Aurora-style database."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start a local cluster (or restart its stopped processes)")
     up.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     up.add_argument("--storage-nodes", type=int, default=6)
-    up.add_argument("--storage-set", action="append", default=[], metavar="KEY=VALUE", help="storage node setting")
+    up.add_argument(
+        "--storage-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="storage node setting",
+    )
     up.set_defaults(run=cmd_up)
 
     down = commands.add_parser("down", help="stop the local cluster")

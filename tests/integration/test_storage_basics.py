@@ -7,7 +7,15 @@ import pytest
 from borealis import rpc
 from deploy.local import LocalCluster
 from tests.support.redo_model import RedoModel
-from tests.support.storage import EPOCHS, append_all, clients, close_all, create_segment, run, segment_id
+from tests.support.storage import (
+    EPOCHS,
+    append_all,
+    clients,
+    close_all,
+    create_segment,
+    run,
+    segment_id,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +24,10 @@ def test_six_nodes_serve_and_ack_with_scl(storage_cluster: LocalCluster) -> None
     async def scenario() -> None:
         for node in storage_cluster.storage_nodes:
             assert await rpc.health_status(node.address, 2.0) == "SERVING"
-        assert sorted(node.az for node in storage_cluster.storage_nodes) == ["az-a"] * 2 + ["az-b"] * 2 + ["az-c"] * 2
+        assert (
+            sorted(node.az for node in storage_cluster.storage_nodes)
+            == ["az-a"] * 2 + ["az-b"] * 2 + ["az-c"] * 2
+        )
         all_clients = clients(storage_cluster)
         try:
             await create_segment(all_clients, storage_cluster, pg=0, first_page=0, page_count=16)

@@ -31,7 +31,14 @@ class PageHistory:
 class RedoModel:
     """Writes random records for one PG (pages first_page .. first_page+page_count-1)."""
 
-    def __init__(self, first_page: int, page_count: int, seed: int = 0, lsn_start: int = 0, lsn_stride: int = 1) -> None:
+    def __init__(
+        self,
+        first_page: int,
+        page_count: int,
+        seed: int = 0,
+        lsn_start: int = 0,
+        lsn_stride: int = 1,
+    ) -> None:
         self.random = random.Random(seed)
         self.first_page = first_page
         self.page_count = page_count
@@ -45,7 +52,9 @@ class RedoModel:
         history = self.pages.get(page)
         return history.images[-1] if history and history.images else redo.ZERO_PAGE
 
-    def next_record(self, page: int | None = None, image: bool | None = None, cpl: bool = True) -> bytes:
+    def next_record(
+        self, page: int | None = None, image: bool | None = None, cpl: bool = True
+    ) -> bytes:
         if page is None:
             page = self.first_page + self.random.randrange(self.page_count)
         history = self.pages.setdefault(page, PageHistory())
@@ -79,7 +88,9 @@ class RedoModel:
                 prev_lsn_page=Lsn(history.lsns[-1] if history.lsns else 0),
                 page=page,
                 kind=redo.Kind.DELTA,
-                payload=redo.delta_payload(redo.diff(old, new_bytes)) if old != new_bytes else redo.delta_payload([(0, new_bytes[:1])]),
+                payload=redo.delta_payload(redo.diff(old, new_bytes))
+                if old != new_bytes
+                else redo.delta_payload([(0, new_bytes[:1])]),
                 cpl=cpl,
                 commit_time_us=1_700_000_000_000_000 + self.lsn if cpl else 0,
             )

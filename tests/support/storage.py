@@ -35,15 +35,26 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
 
 
 async def create_segment(
-    all_clients: list[StorageClient], cluster: LocalCluster, pg: int, first_page: int, page_count: int
+    all_clients: list[StorageClient],
+    cluster: LocalCluster,
+    pg: int,
+    first_page: int,
+    page_count: int,
 ) -> None:
     await asyncio.gather(
-        *(c.set_membership(segment_id(pg), EPOCHS, first_page, page_count, members(cluster)) for c in all_clients)
+        *(
+            c.set_membership(segment_id(pg), EPOCHS, first_page, page_count, members(cluster))
+            for c in all_clients
+        )
     )
 
 
-async def append_all(all_clients: list[StorageClient], pg: int, records: list[bytes]) -> list[AppendAck]:
-    return list(await asyncio.gather(*(c.append(segment_id(pg), EPOCHS, records) for c in all_clients)))
+async def append_all(
+    all_clients: list[StorageClient], pg: int, records: list[bytes]
+) -> list[AppendAck]:
+    return list(
+        await asyncio.gather(*(c.append(segment_id(pg), EPOCHS, records) for c in all_clients))
+    )
 
 
 async def close_all(all_clients: list[StorageClient]) -> None:
