@@ -7,8 +7,11 @@ read at render time through collectors.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
+
+HTTP_READ_TIMEOUT_S = 5.0
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, dict[str, object], float]
@@ -91,3 +94,36 @@ def parse(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+async def serve_http(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+    """A minimal HTTP endpoint answering `GET /metrics` for Prometheus scrapers."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), HTTP_READ_TIMEOUT_S)
+            while (await asyncio.wait_for(reader.readline(), HTTP_READ_TIMEOUT_S)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                pass  # headers are not needed
+            parts = request_line.split()
+            if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
+                status, body = b"200 OK", metrics.render().encode()
+            else:
+                status, body = b"404 Not Found", b"only GET /metrics is served here\n"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port)

@@ -159,7 +159,7 @@ def _is_zombie(pid: int) -> bool:
 @dataclass
 class StorageNodeProcess(NodeProcess):
     az: str = ""
-    config: StorageNodeConfig | None = None
+    metrics_url: str = ""
 
 
 class LocalCluster:
@@ -189,6 +189,7 @@ class LocalCluster:
                 "az": az,
                 "data_dir": directory,
                 "port": self.ports.allocate(),
+                "metrics_port": self.ports.allocate(),
                 **self.storage_overrides,
             },
         )
@@ -202,7 +203,9 @@ class LocalCluster:
             address=f"{config.host}:{config.port}",
             env=dict(self.env),
             az=az,
-            config=config,
+            metrics_url=f"http://{config.host}:{config.metrics_port}/metrics"
+            if config.metrics_port
+            else "",
         )
 
     def start(self) -> LocalCluster:
@@ -242,6 +245,7 @@ class LocalCluster:
                     "name": node.name,
                     "az": node.az,
                     "address": node.address,
+                    "metrics_url": node.metrics_url,
                     "pid": node.pid,
                     "directory": str(node.directory),
                     "log": str(node.log_path),
@@ -273,6 +277,7 @@ class LocalCluster:
                 directory=Path(entry["directory"]),
                 address=entry["address"],
                 az=entry["az"],
+                metrics_url=entry.get("metrics_url", ""),
                 pid=entry["pid"],
             )
             for entry in document["storage_nodes"]

@@ -40,6 +40,24 @@ class SegmentChain:
         self._advance()
         return True
 
+    def extend(self, records: list[tuple[int, int]]) -> list[bool]:
+        """`add` for a batch of (lsn, prev_lsn_pg), LSN ascending; which ones were new.
+
+        The common case (records arriving in chain order with nothing pending)
+        only moves the SCL, without touching the pending maps.
+        """
+        new = []
+        for lsn, prev_lsn_pg in records:
+            if prev_lsn_pg == self.scl and not self._pending:
+                assert prev_lsn_pg < lsn
+                self.scl = lsn
+                if lsn > self.highest_lsn:
+                    self.highest_lsn = lsn
+                new.append(True)
+            else:
+                new.append(self.add(lsn, prev_lsn_pg))
+        return new
+
     def _advance(self) -> None:
         while self.scl in self._pending_by_prev:
             lsn = self._pending_by_prev.pop(self.scl)

@@ -13,6 +13,8 @@ class StorageNodeConfig:
     az: str = "az-a"
     host: str = "127.0.0.1"
     port: int = 0
+    # HTTP port serving GET /metrics (Prometheus text); None: not served.
+    metrics_port: int | None = None
     # LMDB reserves the map as sparse virtual memory; the file grows as data does.
     lmdb_map_size_bytes: int = 8 * 2**30
     # One AppendRedo batch. Larger batches are refused with INVALID_ARGUMENT.

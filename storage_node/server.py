@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from borealis import rpc
 from borealis.admin import AdminService
 from borealis.log import get_logger
-from borealis.metrics import Metrics, Sample
+from borealis.metrics import Metrics, Sample, serve_http
 from proto import admin_pb2_grpc, storage_pb2_grpc
 from storage_node.coalescer import Coalescer
 from storage_node.config import StorageNodeConfig
@@ -34,7 +34,7 @@ def declare_metrics(metrics: Metrics) -> None:
         (
             "record_bytes_appended_total",
             "counter",
-            "Bytes of the redo records in accepted batches.",
+            "Bytes of the redo records persisted (new ones only).",
         ),
         ("fsyncs_total", "counter", "LMDB commits (each one fsync) by the writer thread."),
         ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
@@ -126,6 +126,11 @@ class StorageNode:
             segments=len(self.store.segments),
         )
 
+        metrics_server = None
+        if self.config.metrics_port is not None:
+            metrics_server = await serve_http(
+                self.metrics, self.config.host, self.config.metrics_port
+            )
         running = [asyncio.create_task(task.loop(), name=task.name) for task in tasks]
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -134,6 +139,8 @@ class StorageNode:
 
         log.info("storage node stopping", node=self.config.name)
         await rpc.set_serving(health, SERVICE_NAMES, False)
+        if metrics_server is not None:
+            metrics_server.close()
         for task in running:
             task.cancel()
         for task in running:

@@ -87,12 +87,12 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             raise
         async with self._append_slots:
             await faults.apoint("storage.append.before_write")
-            scl, highest, new = await self._writer.run(
+            scl, highest, new, new_bytes = await self._writer.run(
                 partial(self._store.op_append, segment=segment, records=checked)
             )
         if new:
             self._metrics.inc("records_appended_total", new)
-            self._metrics.inc("record_bytes_appended_total", sum(len(r[4]) for r in checked))
+            self._metrics.inc("record_bytes_appended_total", new_bytes)
         return scl, highest, new
 
     @handler
@@ -200,6 +200,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         if (request.first_page, request.page_count) != (meta.first_page, meta.page_count):
             raise InvalidRequest("a segment's page range cannot change", segment=segment.id)
         if ref.volume_epoch < meta.volume_epoch or ref.membership_epoch < meta.membership_epoch:
+            self._metrics.inc("stale_epoch_requests_total")
             raise StaleEpoch(
                 "membership change carries an older epoch",
                 segment=segment.id,

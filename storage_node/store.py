@@ -309,15 +309,16 @@ class SegmentStore:
     def op_append(
         self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord]
     ) -> Publish:
-        """Adds the records the segment does not hold yet; publishes (scl, highest, new)."""
+        """Adds the records the segment does not hold yet; publishes (scl, highest, new, new bytes)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         chain = segment.chain
         log_items = []
         version_items = []
         touched = set()
         new_bytes = 0
-        for lsn, prev_lsn_pg, page, kind, data in records:
-            if not chain.add(Lsn(lsn), Lsn(prev_lsn_pg)):
+        is_new = chain.extend([(record[0], record[1]) for record in records])
+        for (lsn, _prev, page, kind, data), new in zip(records, is_new, strict=True):
+            if not new:
                 continue
             log_items.append((LOG_KEY.pack(volume, pg, lsn), data))
             new_bytes += len(data)
@@ -338,10 +339,10 @@ class SegmentStore:
             txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
         scl, highest, new = chain.scl, chain.highest_lsn, len(log_items)
 
-        def publish() -> tuple[int, int, int]:
+        def publish() -> tuple[int, int, int, int]:
             segment.scl = Lsn(scl)
             segment.touch(touched)
-            return scl, highest, new
+            return scl, highest, new, new_bytes
 
         return publish
 
@@ -409,6 +410,11 @@ class SegmentStore:
             meta.record_bytes -= size
         last_held = self._last_lsn_at_or_below(txn, volume, pg, above)
         segment.chain.truncate(Lsn(above), Lsn(up_to), Lsn(last_held))
+        # Records above the range stay (a retried truncation must not lose what the
+        # new writer appended since); the chain forgot those it had folded into the
+        # SCL, so it learns them again from the log.
+        for lsn, prev_lsn_pg in self._records_above(txn, meta, up_to):
+            segment.chain.add(lsn, prev_lsn_pg)
         meta.scl = segment.chain.scl
         meta.highest_lsn = segment.chain.highest_lsn
         meta.truncated_above_lsn = above

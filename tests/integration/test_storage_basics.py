@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import pytest
 
-from borealis import rpc
+from borealis import metrics, rpc
 from deploy.local import LocalCluster
 from tests.support.redo_model import RedoModel
 from tests.support.storage import (
@@ -49,3 +52,26 @@ def test_six_nodes_serve_and_ack_with_scl(storage_cluster: LocalCluster) -> None
             await close_all(all_clients)
 
     run(scenario)
+
+
+def test_metrics_are_served_over_http(storage_cluster: LocalCluster) -> None:
+    async def scenario() -> None:
+        all_clients = clients(storage_cluster)
+        try:
+            await create_segment(all_clients, storage_cluster, pg=3, first_page=48, page_count=16)
+            model = RedoModel(first_page=48, page_count=16, seed=3)
+            await append_all(all_clients, 3, model.records(10))
+        finally:
+            await close_all(all_clients)
+
+    run(scenario)
+    node = storage_cluster.node("s4")
+    with urllib.request.urlopen(node.metrics_url, timeout=5) as response:
+        assert response.status == 200
+        samples = metrics.parse(response.read().decode())
+    assert samples['borealis_storage_segment_scl{pg="3",volume="7"}'] > 0
+    assert samples["borealis_storage_records_appended_total"] == 10
+    assert samples["borealis_storage_fsyncs_total"] >= 1
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(node.metrics_url.replace("/metrics", "/other"), timeout=5)
+    assert error.value.code == 404
