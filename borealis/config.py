@@ -9,6 +9,7 @@ Unknown keys are errors: a typo must not silently keep a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 from borealis.errors import InvalidRequest
 
 T = TypeVar("T")
+
+_TOML_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ConfigError(InvalidRequest):
@@ -95,5 +98,7 @@ def to_toml(config: Any) -> str:
             text = str(value)
         else:
             text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            # TOML basic strings may not hold control characters (but tab) unescaped.
+            text = _TOML_CONTROL.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
         lines.append(f"{field.name} = {text}")
     return "\n".join(lines) + "\n"

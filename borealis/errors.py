@@ -80,7 +80,9 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (BorealisError, grpc.StatusCode.INTERNAL, "XX000"),
 )
 
-_BY_STATUS = {status: kind for kind, status, _ in reversed(ERROR_TABLE)}
+# A status shared by several rows (INTERNAL) maps back to the last, most general one:
+# the client cannot tell which of them the server raised.
+_BY_STATUS = {status: kind for kind, status, _ in ERROR_TABLE}
 
 
 def grpc_status_of(error: BorealisError) -> grpc.StatusCode:

@@ -76,7 +76,7 @@ def _render_labels(labels: dict[str, object]) -> str:
     if not labels:
         return ""
     inner = ",".join(
-        f'{key}="{str(value).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        f'{key}="{str(value).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), chr(92) + "n")}"'
         for key, value in sorted(labels.items())
     )
     return "{" + inner + "}"
@@ -89,7 +89,8 @@ def _render_value(value: float) -> str:
 def parse(text: str) -> dict[str, float]:
     """Samples of a rendered text by their full name with labels (for tests and the CLI)."""
     samples = {}
-    for line in text.splitlines():
+    # Only "\n" ends a line in the format; splitlines() would also split label values.
+    for line in text.split("\n"):
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)

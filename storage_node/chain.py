@@ -20,7 +20,11 @@ class SegmentChain:
         # Records above the SCL, keyed by their backlink: following it from the
         # SCL is how the SCL advances.
         self._pending_by_prev: dict[Lsn, Lsn] = {}
-        self._pending: set[Lsn] = set()
+        # The same records with their backlinks (lsn -> prev_lsn_pg). Around a
+        # recovery two pending records can share a backlink (an old one in the
+        # truncation range and the new writer's first), so `_pending_by_prev` may
+        # have lost one; truncate rebuilds it from here.
+        self._pending: dict[Lsn, Lsn] = {}
         self.highest_lsn = scl
         for lsn, prev_lsn_pg in pending:
             self.add(lsn, prev_lsn_pg)
@@ -33,7 +37,7 @@ class SegmentChain:
         assert prev_lsn_pg < lsn
         if self.holds(lsn):
             return False
-        self._pending.add(lsn)
+        self._pending[lsn] = prev_lsn_pg
         self._pending_by_prev[prev_lsn_pg] = lsn
         if lsn > self.highest_lsn:
             self.highest_lsn = lsn
@@ -61,7 +65,7 @@ class SegmentChain:
     def _advance(self) -> None:
         while self.scl in self._pending_by_prev:
             lsn = self._pending_by_prev.pop(self.scl)
-            self._pending.discard(lsn)
+            self._pending.pop(lsn, None)
             self.scl = lsn
 
     def pending(self) -> int:
@@ -88,9 +92,9 @@ class SegmentChain:
         assert last_held_at_or_below <= above <= up_to
         if self.scl > above:
             self.scl = last_held_at_or_below
-        self._pending = {lsn for lsn in self._pending if not above < lsn <= up_to}
-        self._pending_by_prev = {
-            prev: lsn for prev, lsn in self._pending_by_prev.items() if lsn in self._pending
+        self._pending = {
+            lsn: prev for lsn, prev in self._pending.items() if not above < lsn <= up_to
         }
+        self._pending_by_prev = {prev: lsn for lsn, prev in self._pending.items()}
         self.highest_lsn = max(self._pending, default=self.scl)
         self._advance()

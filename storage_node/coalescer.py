@@ -14,6 +14,7 @@ import asyncio
 from functools import partial
 
 from borealis.errors import Corruption
+from borealis.ids import SegmentId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
 from storage_node.config import StorageNodeConfig
@@ -48,6 +49,7 @@ class Coalescer:
         self._store = store
         self._writer = writer
         self._metrics = metrics
+        self._looked_at_all: set[SegmentId] = set()
 
     async def run_once(self) -> str:
         images = 0
@@ -56,8 +58,13 @@ class Coalescer:
         return f"images={images}" if images else ""
 
     async def _coalesce(self, segment: Segment) -> int:
-        pages = segment.take_touched()
-        if not pages:
+        pages: set[int] | None = segment.take_touched()
+        if segment.id not in self._looked_at_all:
+            # Which pages got deltas is kept in memory only: after a start, the
+            # first pass looks at every page of the segment once.
+            self._looked_at_all.add(segment.id)
+            pages = None
+        elif not pages:
             return 0
         scl = segment.scl
         versions = await asyncio.to_thread(lambda: list(self._store.page_versions(segment, pages)))

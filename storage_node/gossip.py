@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from borealis.errors import StaleEpoch
 from borealis.log import get_logger
 from borealis.metrics import Metrics
 from borealis.redo import HEADER
@@ -87,7 +88,11 @@ class Gossip:
                         epochs,
                         after,
                         state.highest_lsn,
-                        self._config.read_records_bytes_max,
+                        # What is read goes through the AppendRedo checks, batch limits included.
+                        min(
+                            self._config.read_records_bytes_max,
+                            self._config.append_batch_bytes_max,
+                        ),
                     )
                 except PEER_ERRORS as error:
                     log.info(
@@ -96,8 +101,20 @@ class Gossip:
                     break
                 if not records:
                     break
-                _, _, new = await self._service.append(segment, records)
-                filled += new
+                # A read page may hold more records than one append batch may (small
+                # records): append it in batches the node's own checks accept.
+                batch_records_max = self._config.append_batch_records_max
+                for start in range(0, len(records), batch_records_max):
+                    batch = records[start : start + batch_records_max]
+                    try:
+                        _, _, new = await self._service.append(segment, batch, epochs)
+                    except StaleEpoch:
+                        # Recovery changed the segment's epochs during the fill: what was
+                        # read under the old ones may be truncated records.
+                        log.info("gossip fill stopped by an epoch change", segment=segment.id)
+                        self._metrics.inc("gossip_records_filled_total", filled)
+                        return filled
+                    filled += new
                 copied_bytes += sum(len(r) for r in records)
                 after = HEADER.unpack_from(records[-1])[1]
                 if not more:

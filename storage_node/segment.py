@@ -66,6 +66,13 @@ class Segment:
         self._pages_touched: set[int] = set()
         self._pages_touched_lock = threading.Lock()
 
+    def reset(self, meta: SegmentMeta, chain: SegmentChain) -> None:
+        """Replaces the working state with what was reloaded from disk."""
+        self.meta = meta
+        self.chain = chain
+        self.scl = Lsn(meta.scl)
+        self.pgmrpl = Lsn(meta.pgmrpl)
+
     def touch(self, pages: set[int]) -> None:
         with self._pages_touched_lock:
             self._pages_touched |= pages

@@ -54,6 +54,10 @@ def declare_metrics(metrics: Metrics) -> None:
         ("lmdb_used_bytes", "gauge", "Bytes of the LMDB map in use."),
     ):
         metrics.declare(name, kind, help_text)
+        # Unlabelled counters are shown from the start, so "no CRC failures" reads as
+        # 0 rather than as a missing series. invalid_requests_total has an rpc label.
+        if kind == "counter" and name != "invalid_requests_total":
+            metrics.inc(name, 0)
 
 
 class StorageNode:

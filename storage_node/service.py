@@ -10,6 +10,7 @@ from grpc import aio
 
 from borealis import faults, redo
 from borealis.errors import Corruption, InvalidRequest, StaleEpoch, Unavailable, VersionGone
+from borealis.ids import Epochs
 from borealis.metrics import Metrics
 from borealis.rpc import handler
 from proto import storage_pb2, storage_pb2_grpc
@@ -78,8 +79,13 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                 raise
         return segment
 
-    async def append(self, segment: Segment, records: list[bytes]) -> tuple[int, int, int]:
-        """Checks and persists records (from a writer or a peer); (scl, highest, new)."""
+    async def append(
+        self, segment: Segment, records: list[bytes], epochs: Epochs | None = None
+    ) -> tuple[int, int, int]:
+        """Checks and persists records (from a writer or a peer); (scl, highest, new).
+
+        `epochs` (the request's) are checked again in the writer thread, see op_append.
+        """
         try:
             checked = check_batch(segment, records, self._config)
         except InvalidRequest:
@@ -87,9 +93,13 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             raise
         async with self._append_slots:
             await faults.apoint("storage.append.before_write")
-            scl, highest, new, new_bytes = await self._writer.run(
-                partial(self._store.op_append, segment=segment, records=checked)
-            )
+            try:
+                scl, highest, new, new_bytes = await self._writer.run(
+                    partial(self._store.op_append, segment=segment, records=checked, epochs=epochs)
+                )
+            except StaleEpoch:
+                self._metrics.inc("stale_epoch_requests_total")
+                raise
         if new:
             self._metrics.inc("records_appended_total", new)
             self._metrics.inc("record_bytes_appended_total", new_bytes)
@@ -100,7 +110,9 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         self, request: storage_pb2.AppendRedoRequest, context: aio.ServicerContext
     ) -> storage_pb2.AppendRedoResponse:
         segment = self._segment(request.segment)
-        scl, highest, new = await self.append(segment, list(request.records))
+        scl, highest, new = await self.append(
+            segment, list(request.records), epochs_of(request.segment)
+        )
         await faults.apoint("storage.append.before_ack")
         return storage_pb2.AppendRedoResponse(scl=scl, highest_lsn=highest, records_new=new)
 

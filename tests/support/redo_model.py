@@ -107,3 +107,18 @@ class RedoModel:
     def page_at(self, page: int, lsn: int) -> tuple[bytes, int]:
         history = self.pages.get(page)
         return history.at(lsn) if history else (redo.ZERO_PAGE, 0)
+
+
+def rewind(model: RedoModel, above: int, lsn_floor: int) -> None:
+    """Makes `model` forget its records above `above`, as a truncation does on storage.
+
+    Later records continue the PG's chain from the newest record at or below `above`
+    and get LSNs above `lsn_floor` (the truncation range's upper end).
+    """
+    for history in model.pages.values():
+        kept = sum(1 for lsn in history.lsns if lsn <= above)
+        del history.lsns[kept:]
+        del history.images[kept:]
+    model.encoded = [data for data in model.encoded if redo.HEADER.unpack_from(data)[1] <= above]
+    model.last_lsn_pg = max((redo.HEADER.unpack_from(data)[1] for data in model.encoded), default=0)
+    model.lsn = lsn_floor
