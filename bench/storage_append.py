@@ -104,10 +104,8 @@ async def run_cluster(
                 break
             request = encode_append(segment_id, EPOCHS, batch)
             calls = [asyncio.ensure_future(c.append_encoded(request)) for c in clients]
-            acks = 0
-            for finished in asyncio.as_completed(calls):
+            for acks, finished in enumerate(asyncio.as_completed(calls), start=1):
                 await finished
-                acks += 1
                 if acks == WRITE_QUORUM:
                     break
             done = time.perf_counter()

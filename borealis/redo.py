@@ -48,6 +48,11 @@ class Kind(IntEnum):
     SIZE = 2
 
 
+# Plain ints for the hot paths: comparing with an enum member costs an attribute lookup.
+KIND_DELTA = int(Kind.DELTA)
+KIND_IMAGE = int(Kind.IMAGE)
+KIND_SIZE = int(Kind.SIZE)
+
 FLAG_CPL = 0x01
 FLAGS_KNOWN = FLAG_CPL
 
@@ -112,12 +117,12 @@ def check(data: bytes, error: type[BorealisError] = InvalidRequest) -> tuple:
         raise error("redo record backlinks must point below its LSN", lsn=lsn)
     if flags & ~FLAGS_KNOWN:
         raise error("redo record has unknown flags", lsn=lsn, flags=flags)
-    if kind == Kind.DELTA:
+    if kind == KIND_DELTA:
         _check_ranges(data, lsn, error)
-    elif kind == Kind.IMAGE:
+    elif kind == KIND_IMAGE:
         if length != PAGE_SIZE_BYTES:
             raise error("page image has the wrong page size", lsn=lsn, bytes=length)
-    elif kind == Kind.SIZE:
+    elif kind == KIND_SIZE:
         if length != 0:
             raise error("size record carries a payload", lsn=lsn)
     else:
@@ -129,10 +134,11 @@ def _check_ranges(data: bytes, lsn: int, error: type[BorealisError]) -> None:
     position = HEADER_BYTES
     end = len(data)
     page_offset_min = 0
+    unpack_range = RANGE.unpack_from
     while position < end:
         if position + RANGE_BYTES > end:
             raise error("delta range header truncated", lsn=lsn)
-        offset, length = RANGE.unpack_from(data, position)
+        offset, length = unpack_range(data, position)
         position += RANGE_BYTES + length
         if length == 0 or offset < page_offset_min or offset + length > PAGE_SIZE_BYTES:
             raise error("delta range outside the page or out of order", lsn=lsn, offset=offset)
@@ -154,7 +160,7 @@ def decode(data: bytes, error: type[BorealisError] = InvalidRequest) -> RedoReco
         payload=payload,
         cpl=bool(flags & FLAG_CPL),
         commit_time_us=commit_us,
-        deltas=list(iter_ranges(data)) if kind == Kind.DELTA else [],
+        deltas=list(iter_ranges(data)) if kind == KIND_DELTA else [],
     )
 
 
@@ -173,7 +179,7 @@ def iter_ranges(data: bytes) -> Iterable[tuple[int, bytes]]:
 def apply(image: bytearray, data: bytes) -> None:
     """Applies one encoded, checked record (DELTA or IMAGE) to a page image in place."""
     kind = data[KIND_OFFSET]
-    if kind == Kind.IMAGE:
+    if kind == KIND_IMAGE:
         image[:] = memoryview(data)[HEADER_BYTES:]
         return
     for offset, chunk in iter_ranges(data):

@@ -1,10 +1,8 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -18,13 +16,7 @@ class SegmentRef(_message.Message):
     pg: int
     volume_epoch: int
     membership_epoch: int
-    def __init__(
-        self,
-        volume_id: int | None = ...,
-        pg: int | None = ...,
-        volume_epoch: int | None = ...,
-        membership_epoch: int | None = ...,
-    ) -> None: ...
+    def __init__(self, volume_id: _Optional[int] = ..., pg: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., membership_epoch: _Optional[int] = ...) -> None: ...
 
 class AppendRedoRequest(_message.Message):
     __slots__ = ("segment", "records")
@@ -32,9 +24,7 @@ class AppendRedoRequest(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     segment: SegmentRef
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(
-        self, segment: SegmentRef | _Mapping | None = ..., records: _Iterable[bytes] | None = ...
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AppendRedoResponse(_message.Message):
     __slots__ = ("scl", "highest_lsn", "records_new")
@@ -44,9 +34,7 @@ class AppendRedoResponse(_message.Message):
     scl: int
     highest_lsn: int
     records_new: int
-    def __init__(
-        self, scl: int | None = ..., highest_lsn: int | None = ..., records_new: int | None = ...
-    ) -> None: ...
+    def __init__(self, scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., records_new: _Optional[int] = ...) -> None: ...
 
 class GetPageRequest(_message.Message):
     __slots__ = ("segment", "page", "lsn")
@@ -56,12 +44,7 @@ class GetPageRequest(_message.Message):
     segment: SegmentRef
     page: int
     lsn: int
-    def __init__(
-        self,
-        segment: SegmentRef | _Mapping | None = ...,
-        page: int | None = ...,
-        lsn: int | None = ...,
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., page: _Optional[int] = ..., lsn: _Optional[int] = ...) -> None: ...
 
 class GetPageResponse(_message.Message):
     __slots__ = ("image", "page_lsn")
@@ -69,7 +52,7 @@ class GetPageResponse(_message.Message):
     PAGE_LSN_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     page_lsn: int
-    def __init__(self, image: bytes | None = ..., page_lsn: int | None = ...) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., page_lsn: _Optional[int] = ...) -> None: ...
 
 class ReadRecordsRequest(_message.Message):
     __slots__ = ("segment", "after_lsn", "up_to_lsn", "bytes_max")
@@ -81,13 +64,7 @@ class ReadRecordsRequest(_message.Message):
     after_lsn: int
     up_to_lsn: int
     bytes_max: int
-    def __init__(
-        self,
-        segment: SegmentRef | _Mapping | None = ...,
-        after_lsn: int | None = ...,
-        up_to_lsn: int | None = ...,
-        bytes_max: int | None = ...,
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., after_lsn: _Optional[int] = ..., up_to_lsn: _Optional[int] = ..., bytes_max: _Optional[int] = ...) -> None: ...
 
 class ReadRecordsResponse(_message.Message):
     __slots__ = ("records", "more", "scl")
@@ -97,15 +74,13 @@ class ReadRecordsResponse(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[bytes]
     more: bool
     scl: int
-    def __init__(
-        self, records: _Iterable[bytes] | None = ..., more: bool | None = ..., scl: int | None = ...
-    ) -> None: ...
+    def __init__(self, records: _Optional[_Iterable[bytes]] = ..., more: _Optional[bool] = ..., scl: _Optional[int] = ...) -> None: ...
 
 class GetSegmentStateRequest(_message.Message):
     __slots__ = ("segment",)
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     segment: SegmentRef
-    def __init__(self, segment: SegmentRef | _Mapping | None = ...) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ...) -> None: ...
 
 class ListSegmentsRequest(_message.Message):
     __slots__ = ()
@@ -115,7 +90,7 @@ class ListSegmentsResponse(_message.Message):
     __slots__ = ("segments",)
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     segments: _containers.RepeatedCompositeFieldContainer[SegmentState]
-    def __init__(self, segments: _Iterable[SegmentState | _Mapping] | None = ...) -> None: ...
+    def __init__(self, segments: _Optional[_Iterable[_Union[SegmentState, _Mapping]]] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node", "address", "az")
@@ -125,27 +100,10 @@ class Member(_message.Message):
     node: str
     address: str
     az: str
-    def __init__(
-        self, node: str | None = ..., address: str | None = ..., az: str | None = ...
-    ) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., az: _Optional[str] = ...) -> None: ...
 
 class SegmentState(_message.Message):
-    __slots__ = (
-        "volume_id",
-        "pg",
-        "scl",
-        "highest_lsn",
-        "volume_epoch",
-        "membership_epoch",
-        "pgmrpl",
-        "first_page",
-        "page_count",
-        "records",
-        "record_bytes",
-        "truncated_above_lsn",
-        "truncated_up_to_lsn",
-        "members",
-    )
+    __slots__ = ("volume_id", "pg", "scl", "highest_lsn", "volume_epoch", "membership_epoch", "pgmrpl", "first_page", "page_count", "records", "record_bytes", "truncated_above_lsn", "truncated_up_to_lsn", "members")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     PG_FIELD_NUMBER: _ClassVar[int]
     SCL_FIELD_NUMBER: _ClassVar[int]
@@ -174,23 +132,7 @@ class SegmentState(_message.Message):
     truncated_above_lsn: int
     truncated_up_to_lsn: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(
-        self,
-        volume_id: int | None = ...,
-        pg: int | None = ...,
-        scl: int | None = ...,
-        highest_lsn: int | None = ...,
-        volume_epoch: int | None = ...,
-        membership_epoch: int | None = ...,
-        pgmrpl: int | None = ...,
-        first_page: int | None = ...,
-        page_count: int | None = ...,
-        records: int | None = ...,
-        record_bytes: int | None = ...,
-        truncated_above_lsn: int | None = ...,
-        truncated_up_to_lsn: int | None = ...,
-        members: _Iterable[Member | _Mapping] | None = ...,
-    ) -> None: ...
+    def __init__(self, volume_id: _Optional[int] = ..., pg: _Optional[int] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., pgmrpl: _Optional[int] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., records: _Optional[int] = ..., record_bytes: _Optional[int] = ..., truncated_above_lsn: _Optional[int] = ..., truncated_up_to_lsn: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
 
 class SetMembershipRequest(_message.Message):
     __slots__ = ("segment", "first_page", "page_count", "members")
@@ -202,13 +144,7 @@ class SetMembershipRequest(_message.Message):
     first_page: int
     page_count: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(
-        self,
-        segment: SegmentRef | _Mapping | None = ...,
-        first_page: int | None = ...,
-        page_count: int | None = ...,
-        members: _Iterable[Member | _Mapping] | None = ...,
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
 
 class SetEpochRequest(_message.Message):
     __slots__ = ("segment", "truncate", "truncate_above_lsn", "truncate_up_to_lsn")
@@ -220,13 +156,7 @@ class SetEpochRequest(_message.Message):
     truncate: bool
     truncate_above_lsn: int
     truncate_up_to_lsn: int
-    def __init__(
-        self,
-        segment: SegmentRef | _Mapping | None = ...,
-        truncate: bool | None = ...,
-        truncate_above_lsn: int | None = ...,
-        truncate_up_to_lsn: int | None = ...,
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., truncate: _Optional[bool] = ..., truncate_above_lsn: _Optional[int] = ..., truncate_up_to_lsn: _Optional[int] = ...) -> None: ...
 
 class SetPgmrplRequest(_message.Message):
     __slots__ = ("segment", "pgmrpl")
@@ -234,6 +164,4 @@ class SetPgmrplRequest(_message.Message):
     PGMRPL_FIELD_NUMBER: _ClassVar[int]
     segment: SegmentRef
     pgmrpl: int
-    def __init__(
-        self, segment: SegmentRef | _Mapping | None = ..., pgmrpl: int | None = ...
-    ) -> None: ...
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., pgmrpl: _Optional[int] = ...) -> None: ...

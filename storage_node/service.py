@@ -23,7 +23,7 @@ from storage_node.writer import Writer
 if TYPE_CHECKING:
     from storage_node.scrubber import Scrubber
 
-KIND_SIZE = int(redo.Kind.SIZE)
+KIND_SIZE = redo.KIND_SIZE
 
 
 def check_batch(

@@ -44,8 +44,8 @@ PAGE_PREFIX_BYTES = PAGE_PREFIX.size
 U64 = struct.Struct(">Q")
 IMAGE_CRC = struct.Struct("<I")
 
-KIND_DELTA = int(redo.Kind.DELTA)
-KIND_IMAGE = int(redo.Kind.IMAGE)
+KIND_DELTA = redo.KIND_DELTA
+KIND_IMAGE = redo.KIND_IMAGE
 
 TAG_DELTA = b"D"
 TAG_FULL = b"F"
