@@ -8,7 +8,9 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def write(name: str, records: list[dict[str, object]], chart: dict[str, float], chart_unit: str) -> Path:
+def write(
+    name: str, records: list[dict[str, object]], chart: dict[str, float], chart_unit: str
+) -> Path:
     """Writes bench/results/NAME.json and NAME.png; returns the JSON path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS_DIR / f"{name}.json"

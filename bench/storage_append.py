@@ -58,7 +58,10 @@ def make_records(pg: int, count: int, seed: int, image_share: float) -> list[byt
             kind, payload = redo.Kind.IMAGE, rng.randbytes(redo.PAGE_SIZE_BYTES)
         else:
             offset = rng.randrange(0, 3900)
-            ranges = [(offset, rng.randbytes(rng.randint(40, 120))), (offset + 150, rng.randbytes(8))]
+            ranges = [
+                (offset, rng.randbytes(rng.randint(40, 120))),
+                (offset + 150, rng.randbytes(8)),
+            ]
             kind, payload = redo.Kind.DELTA, redo.delta_payload(ranges)
         record = redo.RedoRecord(
             lsn=lsn,
@@ -80,14 +83,20 @@ def batches_of(records: list[bytes], size: int) -> list[list[bytes]]:
 
 
 async def run_cluster(
-    cluster: LocalCluster, pg_batches: dict[int, list[list[bytes]]], duration_s: float, warmup_s: float
+    cluster: LocalCluster,
+    pg_batches: dict[int, list[list[bytes]]],
+    duration_s: float,
+    warmup_s: float,
 ) -> dict[str, float]:
     clients = [StorageClient(node.address, timeout_s=30.0) for node in cluster.storage_nodes]
     members = [Member(node.name, node.address, node.az) for node in cluster.storage_nodes]
     for pg in pg_batches:
         segment_id = SegmentId(VOLUME, PgIndex(pg))
         await asyncio.gather(
-            *(c.set_membership(segment_id, EPOCHS, pg * PAGES_PER_PG, PAGES_PER_PG, members) for c in clients)
+            *(
+                c.set_membership(segment_id, EPOCHS, pg * PAGES_PER_PG, PAGES_PER_PG, members)
+                for c in clients
+            )
         )
     latencies_ms: list[float] = []
     counted = {"records": 0, "bytes": 0}
@@ -129,12 +138,16 @@ async def run_cluster(
         "records_per_s": counted["records"] / elapsed,
         "mb_per_s": counted["bytes"] / elapsed / 1e6,
         "ack_p50_ms": statistics.median(latencies_ms),
-        "ack_p99_ms": latencies_ms[int(len(latencies_ms) * 0.99) - 1] if len(latencies_ms) > 1 else latencies_ms[0],
+        "ack_p99_ms": latencies_ms[int(len(latencies_ms) * 0.99) - 1]
+        if len(latencies_ms) > 1
+        else latencies_ms[0],
         "batches": len(latencies_ms),
     }
 
 
-def run_raw_lmdb(directory: Path, pg_batches: dict[int, list[list[bytes]]], duration_s: float) -> float:
+def run_raw_lmdb(
+    directory: Path, pg_batches: dict[int, list[list[bytes]]], duration_s: float
+) -> float:
     """The same batches, round-robin over PGs, one synced transaction each."""
     env = lmdb.open(str(directory), map_size=8 * 2**30, sync=True, metasync=True, max_dbs=2)
     log_db = env.open_db(b"log")
@@ -144,7 +157,12 @@ def run_raw_lmdb(directory: Path, pg_batches: dict[int, list[list[bytes]]], dura
     start = time.perf_counter()
     for batch, pg in zip(queue, (pg for _ in range(len(queue)) for pg in pg_batches), strict=False):
         with env.begin(write=True) as txn:
-            txn.cursor(log_db).putmulti([(key.pack(VOLUME, pg, index), record) for index, record in enumerate(batch, written)])
+            txn.cursor(log_db).putmulti(
+                [
+                    (key.pack(VOLUME, pg, index), record)
+                    for index, record in enumerate(batch, written)
+                ]
+            )
         written += len(batch)
         if time.perf_counter() - start >= duration_s:
             break
@@ -154,7 +172,9 @@ def run_raw_lmdb(directory: Path, pg_batches: dict[int, list[list[bytes]]], dura
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short run (under 60 s)")
     parser.add_argument("--pgs", type=int, default=8)
     parser.add_argument("--batch-records", type=int, default=256)
@@ -171,7 +191,8 @@ def main() -> int:
         flush=True,
     )
     pg_batches = {
-        pg: batches_of(make_records(pg, per_pg, args.seed, args.image_share), args.batch_records) for pg in range(args.pgs)
+        pg: batches_of(make_records(pg, per_pg, args.seed, args.image_share), args.batch_records)
+        for pg in range(args.pgs)
     }
     work = Path(tempfile.mkdtemp(prefix="borealis-bench-"))
     try:
@@ -202,14 +223,23 @@ def main() -> int:
     report.write(
         "storage_append",
         [
-            report.record("storage_append_records_per_s", summary["records_per_s"], "records/s", True),
+            report.record(
+                "storage_append_records_per_s", summary["records_per_s"], "records/s", True
+            ),
             report.record("storage_append_mb_per_s", summary["mb_per_s"], "MB/s", True),
             report.record("storage_append_ack_p50_ms", summary["ack_p50_ms"], "ms", False),
             report.record("storage_append_ack_p99_ms", summary["ack_p99_ms"], "ms", False),
-            report.record("raw_lmdb_records_per_s", summary["raw_lmdb_records_per_s"], "records/s", True),
-            report.record("storage_append_ratio_vs_raw_lmdb", summary["ratio_vs_raw_lmdb"], "ratio", True),
+            report.record(
+                "raw_lmdb_records_per_s", summary["raw_lmdb_records_per_s"], "records/s", True
+            ),
+            report.record(
+                "storage_append_ratio_vs_raw_lmdb", summary["ratio_vs_raw_lmdb"], "ratio", True
+            ),
         ],
-        {"6 nodes, 4/6 acks": summary["records_per_s"], "raw LMDB": summary["raw_lmdb_records_per_s"]},
+        {
+            "6 nodes, 4/6 acks": summary["records_per_s"],
+            "raw LMDB": summary["raw_lmdb_records_per_s"],
+        },
         "records/s",
     )
     print(json.dumps(summary))
