@@ -70,9 +70,7 @@ def server(message_bytes_max: int) -> aio.Server:
     # accepts idle pings only every 5 minutes and answers more with GOAWAY
     # "too_many_pings", dropping every idle peer channel after about 30 s.
     ping_options = [("grpc.http2.min_ping_interval_without_data_ms", 5_000)]
-    return aio.server(
-        options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS + ping_options
-    )
+    return aio.server(options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS + ping_options)
 
 
 def add_health(server: aio.Server) -> health.aio.HealthServicer:

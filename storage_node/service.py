@@ -255,19 +255,17 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         if request.truncate and request.truncate_up_to_lsn < request.truncate_above_lsn:
             raise InvalidRequest("truncation range is empty or reversed")
 
-        def change(meta: SegmentMeta) -> None:
-            meta.volume_epoch = ref.volume_epoch
-
-        await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+        truncate = None
         if request.truncate:
-            await self._writer.run(
-                partial(
-                    self._store.op_truncate,
-                    segment=segment,
-                    above=request.truncate_above_lsn,
-                    up_to=request.truncate_up_to_lsn,
-                )
+            truncate = (request.truncate_above_lsn, request.truncate_up_to_lsn)
+        await self._writer.run(
+            partial(
+                self._store.op_set_epoch,
+                segment=segment,
+                volume_epoch=ref.volume_epoch,
+                truncate=truncate,
             )
+        )
         return state_to_proto(segment)
 
     @handler

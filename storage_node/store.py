@@ -414,12 +414,22 @@ class SegmentStore:
             return U64.unpack_from(cursor.key(), SEGMENT_KEY_BYTES)[0]
         return 0
 
-    def op_truncate(
-        self, txn: lmdb.Transaction, segment: Segment, above: int, up_to: int
+    def op_set_epoch(
+        self,
+        txn: lmdb.Transaction,
+        segment: Segment,
+        volume_epoch: int,
+        truncate: tuple[int, int] | None,
     ) -> Publish:
-        """Deletes the records with above < lsn <= up_to and their page versions (recovery)."""
+        """Raises the volume epoch and, in the same transaction, deletes the records with
+        above < lsn <= up_to of a truncation range and their page versions (recovery)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         meta = segment.meta
+        meta.volume_epoch = volume_epoch
+        if truncate is None:
+            txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
+            return lambda: 0
+        above, up_to = truncate
         doomed = []
         for key, data in self._log_range(txn, volume, pg, above):
             header = redo.HEADER.unpack_from(data)

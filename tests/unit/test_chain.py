@@ -270,7 +270,7 @@ def test_recovery_with_old_and_new_records_in_any_order(old_count: int, data) ->
             logged.add(lsn)
     last_held = max((lsn for lsn in logged if lsn <= above), default=0)
     segment.truncate(Lsn(above), Lsn(up_to), Lsn(last_held))
-    for lsn in sorted(logged):  # op_truncate re-adds what its log holds above the range
+    for lsn in sorted(logged):  # op_set_epoch re-adds what its log holds above the range
         if lsn > up_to:
             segment.add(Lsn(lsn), Lsn(prev[lsn]))
     assert_consistent(segment, survivors, {lsn for lsn in logged if lsn in survivors})
@@ -351,7 +351,7 @@ class RecoveryMachine(RuleBasedStateMachine):
     """Recovery as a storage node sees it: the new writer's records may arrive before
     this segment applies the truncation, while old records of the truncated range are
     still pending or still arriving. The store then re-adds the records above the range
-    from its log (storage_node/store.py op_truncate); after that the chain must match
+    from its log (storage_node/store.py op_set_epoch); after that the chain must match
     the model of the surviving chain exactly.
     """
 
@@ -429,7 +429,7 @@ class RecoveryMachine(RuleBasedStateMachine):
         above, up_to = self.recovery
         last_held = max((lsn for lsn in self.delivered if lsn <= above), default=0)
         self.segment.truncate(Lsn(above), Lsn(up_to), Lsn(last_held))
-        for lsn, prev in self.new_records:  # what op_truncate reads back from the log
+        for lsn, prev in self.new_records:  # what op_set_epoch reads back from the log
             if lsn in self.delivered:
                 self.segment.add(Lsn(lsn), Lsn(prev))
         self.chain = [lsn for lsn in self.chain if lsn <= above] + [

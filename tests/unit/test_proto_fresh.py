@@ -24,6 +24,7 @@ SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
 GENERATED = [proto.stem + suffix for proto in PROTOS for suffix in SUFFIXES]
 PROTOC_TIMEOUT_S = 60
 
+
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("proto_fresh")
