@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from borealis.errors import StaleEpoch
+from borealis.ids import SegmentId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
 from borealis.redo import HEADER
@@ -44,11 +45,21 @@ class Gossip:
         self._service = service
         self._peers = peers
         self._metrics = metrics
+        # Each peer segment's highest LSN as the previous pass saw it.
+        self._seen: dict[tuple[SegmentId, str], int] = {}
 
     async def run_once(self) -> str:
+        """The periodic pass: fills what peers held a pass ago and this segment lacks."""
+        return await self._run(eager=False)
+
+    async def run_eager(self) -> str:
+        """An operator's pass (admin RunTask): fills everything peers hold now."""
+        return await self._run(eager=True)
+
+    async def _run(self, eager: bool) -> str:
         filled = 0
         for segment in list(self._store.segments.values()):
-            filled += await self._fill(segment)
+            filled += await self._fill(segment, eager)
         return f"filled={filled}" if filled else ""
 
     async def _peer_states(self, segment: Segment) -> list[tuple[StorageClient, SegmentMeta]]:
@@ -65,21 +76,28 @@ class Gossip:
             states.append((client, result))
         return states
 
-    async def _fill(self, segment: Segment) -> int:
+    async def _fill(self, segment: Segment, eager: bool) -> int:
         epochs = segment.epochs()
-        states = [
-            (client, state)
-            for client, state in await self._peer_states(segment)
-            if (state.volume_epoch, state.membership_epoch) == (epochs.volume, epochs.membership)
-            and state.highest_lsn > segment.scl
-        ]
-        if not states:
+        candidates = []
+        for client, state in await self._peer_states(segment):
+            if (state.volume_epoch, state.membership_epoch) != (epochs.volume, epochs.membership):
+                continue
+            # Records a peer held a whole pass ago and this segment still lacks were
+            # missed, not in flight: the writer delivers in much less than an
+            # interval. Filling up to what the peer holds right now would copy,
+            # under a steady write stream, records that are about to arrive anyway.
+            seen = (segment.id, client.address)
+            target = state.highest_lsn if eager else self._seen.get(seen, 0)
+            self._seen[seen] = state.highest_lsn
+            if target > segment.scl:
+                candidates.append((client, state, target))
+        if not candidates:
             return 0
         # The most complete peer first; others if it fails midway.
-        states.sort(key=lambda item: (item[1].scl, item[1].highest_lsn), reverse=True)
+        candidates.sort(key=lambda item: (item[1].scl, item[1].highest_lsn), reverse=True)
         filled = 0
         copied_bytes = 0
-        for client, state in states:
+        for client, _state, target in candidates:
             after = segment.scl
             while copied_bytes < FILL_BYTES_PER_PASS_MAX:
                 try:
@@ -87,7 +105,7 @@ class Gossip:
                         segment.id,
                         epochs,
                         after,
-                        state.highest_lsn,
+                        target,
                         # What is read goes through the AppendRedo checks, batch limits included.
                         min(
                             self._config.read_records_bytes_max,
@@ -119,7 +137,7 @@ class Gossip:
                 after = HEADER.unpack_from(records[-1])[1]
                 if not more:
                     break
-            if segment.chain.hole() is None and segment.scl >= state.scl:
+            if segment.scl >= target:
                 break
         if filled:
             self._metrics.inc("gossip_records_filled_total", filled)

@@ -22,10 +22,10 @@ class Periodic:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run_now(self) -> str:
-        """One pass, serialised with the periodic ones (the admin RunTask entry)."""
+    async def run_now(self, run: Callable[[], Awaitable[str]] | None = None) -> str:
+        """One pass (of `run`, else the periodic one), serialised with the periodic ones."""
         async with self._lock:
-            return await self._run_once()
+            return await (run or self._run_once)()
 
     async def loop(self) -> None:
         while True:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterable
+from functools import partial
 
 from borealis import rpc
 from borealis.admin import AdminService
@@ -92,12 +93,9 @@ class StorageNode:
         service = StorageService(self.config, self.store, self.writer, self.metrics)
         scrubber = Scrubber(self.config, self.store, self.writer, peers, self.metrics)
         service.scrubber = scrubber
+        gossip = Gossip(self.config, self.store, service, peers, self.metrics)
         tasks = [
-            Periodic(
-                "gossip",
-                self.config.gossip_interval_ms,
-                Gossip(self.config, self.store, service, peers, self.metrics).run_once,
-            ),
+            Periodic("gossip", self.config.gossip_interval_ms, gossip.run_once),
             Periodic(
                 "coalesce",
                 self.config.coalesce_interval_ms,
@@ -114,7 +112,11 @@ class StorageNode:
 
         server = rpc.server(self.config.message_bytes_max)
         storage_pb2_grpc.add_StorageServicer_to_server(service, server)
-        admin = AdminService(self.metrics, {task.name: task.run_now for task in tasks})
+        admin_tasks = {task.name: task.run_now for task in tasks}
+        # An operator asking for gossip wants every missing record now, not only
+        # those missing for a whole interval.
+        admin_tasks["gossip"] = partial(tasks[0].run_now, gossip.run_eager)
+        admin = AdminService(self.metrics, admin_tasks)
         admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
         health = rpc.add_health(server)
         port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
