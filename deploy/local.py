@@ -49,6 +49,8 @@ class NodeProcess:
     directory: Path
     address: str
     env: dict[str, str] = field(default_factory=dict)
+    # starting, running, restarting, stopped or failed (the supervisor's view).
+    state: str = "stopped"
     process: subprocess.Popen[bytes] | None = None
     pid: int | None = None
 
@@ -196,13 +198,16 @@ class LocalCluster:
         directory.mkdir(parents=True, exist_ok=True)
         config_path = directory / "storage_node.toml"
         config_path.write_text("[storage_node]\n" + config_module.to_toml(config))
+        return self._process_of(config, config_path)
+
+    def _process_of(self, config: StorageNodeConfig, config_path: Path) -> StorageNodeProcess:
         return StorageNodeProcess(
-            name=name,
+            name=config.name,
             argv=[sys.executable, "-m", "storage_node", "--config", str(config_path)],
-            directory=directory,
+            directory=config.data_dir,
             address=f"{config.host}:{config.port}",
             env=dict(self.env),
-            az=az,
+            az=config.az,
             metrics_url=f"http://{config.host}:{config.metrics_port}/metrics"
             if config.metrics_port
             else "",
@@ -218,9 +223,11 @@ class LocalCluster:
         try:
             for node in self.storage_nodes:
                 if not node.is_running():
+                    node.state = "starting"
                     node.start(wait=False)
             for node in self.storage_nodes:
                 node.wait_serving()
+                node.state = "running"
         except BaseException:
             self.stop(immediate=True)
             raise
@@ -230,6 +237,7 @@ class LocalCluster:
     def stop(self, immediate: bool = False) -> None:
         for node in self.storage_nodes:
             node.stop(immediate)
+            node.state = "stopped"
 
     def node(self, name: str) -> StorageNodeProcess:
         for node in self.storage_nodes:
@@ -237,49 +245,58 @@ class LocalCluster:
                 return node
         raise NotFound("no such node in the cluster", node=name)
 
-    def write_cluster_file(self) -> None:
+    def write_cluster_file(self, control_plane: dict[str, Any] | None = None) -> None:
+        """Writes cluster.json, the interface users and scripts read (see docs/operations.md)."""
         document = {
             "data_dir": str(self.data_dir),
+            "control_plane": control_plane or {},
             "storage_nodes": [
                 {
                     "name": node.name,
                     "az": node.az,
                     "address": node.address,
+                    "port": int(node.address.rsplit(":", 1)[1]),
                     "metrics_url": node.metrics_url,
                     "pid": node.pid,
+                    "state": node.state,
                     "directory": str(node.directory),
                     "log": str(node.log_path),
                 }
                 for node in self.storage_nodes
             ],
+            "instances": [],
+            "endpoints": {},
         }
         path = self.data_dir / CLUSTER_FILE
         path.with_suffix(".tmp").write_text(json.dumps(document, indent=2) + "\n")
         path.with_suffix(".tmp").replace(path)
 
     @classmethod
-    def from_cluster_file(cls, data_dir: Path) -> LocalCluster:
-        path = Path(data_dir) / CLUSTER_FILE
-        if not path.exists():
-            raise NotFound("no cluster.json: is a cluster set up here?", data_dir=str(data_dir))
-        document = json.loads(path.read_text())
-        cluster = cls(Path(document["data_dir"]))
-        cluster.storage_nodes = [
-            StorageNodeProcess(
-                name=entry["name"],
-                argv=[
-                    sys.executable,
-                    "-m",
-                    "storage_node",
-                    "--config",
-                    str(Path(entry["directory"]) / "storage_node.toml"),
-                ],
-                directory=Path(entry["directory"]),
-                address=entry["address"],
-                az=entry["az"],
-                metrics_url=entry.get("metrics_url", ""),
-                pid=entry["pid"],
-            )
-            for entry in document["storage_nodes"]
-        ]
+    def reopen(cls, data_dir: Path, env: dict[str, str] | None = None) -> LocalCluster:
+        """The cluster whose node directories (and their config files) are in `data_dir`."""
+        cluster = cls(Path(data_dir), env=env)
+        for config_path in sorted(cluster.data_dir.glob("s*/storage_node.toml")):
+            config = config_module.load(StorageNodeConfig, config_path, table="storage_node")
+            cluster.storage_nodes.append(cluster._process_of(config, config_path))
+        cluster.storage_nodes.sort(key=lambda node: int(node.name[1:]))
         return cluster
+
+    @classmethod
+    def from_cluster_file(cls, data_dir: Path) -> LocalCluster:
+        """The cluster as cluster.json last described it, with the processes' pids."""
+        document = read_cluster_file(data_dir)
+        cluster = cls.reopen(Path(document["data_dir"]))
+        entries = {entry["name"]: entry for entry in document["storage_nodes"]}
+        for node in cluster.storage_nodes:
+            entry = entries.get(node.name, {})
+            node.pid = entry.get("pid")
+            node.state = entry.get("state", "stopped")
+        return cluster
+
+
+def read_cluster_file(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / CLUSTER_FILE
+    if not path.exists():
+        raise NotFound("no cluster.json: is a cluster set up here?", data_dir=str(data_dir))
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document

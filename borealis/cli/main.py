@@ -1,75 +1,182 @@
 """borealis up | down | status: run a local cluster.
 
-Until the writer instance exists, a cluster is its storage tier: six storage
-nodes, two in each of three simulated AZs.
+`up` starts the control plane in the background; the control plane starts and
+supervises the storage nodes (and, once they exist, the instances) and writes
+DIR/cluster.json. Until the writer instance exists, a cluster is its storage tier:
+six storage nodes, two in each of three simulated AZs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from borealis import rpc
-from borealis.errors import BorealisError
-from deploy.local import LocalCluster
+from borealis.errors import BorealisError, NotFound, Unavailable
+from borealis.wait import wait_until
+from deploy.local import REPO_ROOT, read_cluster_file
 from storage_node.client import StorageClient
 
 DEFAULT_DATA_DIR = Path(".borealis")
+# Clear of PostgreSQL's 5432 and of the ephemeral range.
+DEFAULT_BASE_PORT = 7400
+UP_TIMEOUT_S = 90.0
+DOWN_TIMEOUT_S = 30.0
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _document(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        return read_cluster_file(data_dir)
+    except NotFound:
+        return None
+
+
+def _control_plane_running(document: dict[str, Any] | None) -> bool:
+    return bool(document) and _alive(document.get("control_plane", {}).get("pid"))  # type: ignore[union-attr]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir)
-    if (data_dir / "cluster.json").exists():
-        cluster = LocalCluster.from_cluster_file(data_dir)
-    else:
-        overrides = dict(item.split("=", 1) for item in args.storage_set)
-        cluster = LocalCluster(
-            data_dir, storage_nodes=args.storage_nodes, storage_overrides=overrides
+    data_dir = Path(args.data_dir).resolve()
+    if _control_plane_running(_document(data_dir)):
+        print(f"a cluster is already running in {data_dir}; nothing changed")
+        return print_status(data_dir, as_json=False)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "control_plane",
+        "--data-dir",
+        str(data_dir),
+        "--base-port",
+        str(args.base_port),
+        "--storage-nodes",
+        str(args.storage_nodes),
+    ]
+    for item in args.storage_set:
+        argv += ["--storage-set", item]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    with open(data_dir / "control_plane.log", "ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
-    cluster.start()
-    print(f"cluster up in {cluster.data_dir}")
-    print_status(cluster)
-    return 0
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise Unavailable(f"the control plane exited with status {process.returncode}")
+        document = _document(data_dir)
+        return bool(
+            document
+            and document["control_plane"].get("pid") == process.pid
+            and all(node["state"] == "running" for node in document["storage_nodes"])
+        )
+
+    try:
+        wait_until(ready, UP_TIMEOUT_S, interval_s=0.2, what="the cluster to start")
+    except Unavailable as error:
+        tail = (data_dir / "control_plane.log").read_text(errors="replace").splitlines()[-20:]
+        print(f"borealis: {error}\n" + "\n".join(tail), file=sys.stderr)
+        if process.poll() is None:
+            process.terminate()
+        return 1
+    print(f"cluster up in {data_dir}")
+    return print_status(data_dir, as_json=False)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir)
-    if not (data_dir / "cluster.json").exists():
+    data_dir = Path(args.data_dir).resolve()
+    document = _document(data_dir)
+    if document is None:
         print(f"no cluster in {data_dir}")
         return 0
-    cluster = LocalCluster.from_cluster_file(data_dir)
-    cluster.stop()
-    print(f"cluster in {cluster.data_dir} stopped")
+    control_plane_pid = document["control_plane"].get("pid")
+    if _alive(control_plane_pid):
+        os.kill(control_plane_pid, signal.SIGTERM)
+        deadline = time.monotonic() + DOWN_TIMEOUT_S
+        while _alive(control_plane_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Whatever is still alive (the control plane died, or timed out) is killed.
+    leftovers = [
+        pid
+        for pid in [control_plane_pid, *(node["pid"] for node in document["storage_nodes"])]
+        if _alive(pid)
+    ]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    print(f"cluster in {data_dir} stopped" + (f" ({len(leftovers)} killed)" if leftovers else ""))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cluster = LocalCluster.from_cluster_file(Path(args.data_dir))
-    return print_status(cluster)
+    return print_status(Path(args.data_dir).resolve(), as_json=args.json)
 
 
-def print_status(cluster: LocalCluster) -> int:
+def print_status(data_dir: Path, as_json: bool) -> int:
+    document = read_cluster_file(data_dir)
+
+    async def health(node: dict[str, Any]) -> tuple[str, int]:
+        status = await rpc.health_status(node["address"], 2.0) if _alive(node["pid"]) else "DOWN"
+        segments = -1
+        if status == "SERVING":
+            async with StorageClient(node["address"], timeout_s=2.0) as client:
+                segments = len(await client.list_segments())
+        return status, segments
+
     async def gather() -> list[tuple[str, int]]:
-        rows = []
-        for node in cluster.storage_nodes:
-            health = await rpc.health_status(node.address, 2.0)
-            segments = -1
-            if health == "SERVING":
-                async with StorageClient(node.address, timeout_s=2.0) as client:
-                    segments = len(await client.list_segments())
-            rows.append((health, segments))
-        return rows
+        return list(await asyncio.gather(*(health(node) for node in document["storage_nodes"])))
 
     rows = asyncio.run(gather())
-    print(f"{'node':<6} {'az':<6} {'address':<22} {'pid':>8} {'health':<12} {'segments':>8}")
-    for node, (health, segments) in zip(cluster.storage_nodes, rows, strict=True):
-        shown = str(segments) if segments >= 0 else "-"
+    for node, (status, segments) in zip(document["storage_nodes"], rows, strict=True):
+        node["health"] = status
+        node["segments"] = segments
+    control_plane = document["control_plane"]
+    control_plane["running"] = _alive(control_plane.get("pid"))
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        running = "running" if control_plane["running"] else "not running"
         print(
-            f"{node.name:<6} {node.az:<6} {node.address:<22} {node.pid or '-':>8} {health:<12} {shown:>8}"
+            f"control plane: {running} (pid {control_plane.get('pid')}, port {control_plane.get('port')})"
         )
-    return 0 if all(health == "SERVING" for health, _ in rows) else 1
+        print(
+            f"{'node':<6} {'az':<6} {'address':<22} {'pid':>8} {'state':<11} {'health':<12} {'segments':>8}"
+        )
+        for node in document["storage_nodes"]:
+            shown = str(node["segments"]) if node["segments"] >= 0 else "-"
+            print(
+                f"{node['name']:<6} {node['az']:<6} {node['address']:<22} {node['pid'] or '-':>8} "
+                f"{node['state']:<11} {node['health']:<12} {shown:>8}"
+            )
+    return 0 if all(status == "SERVING" for status, _ in rows) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="start a local cluster (or restart its stopped processes)")
+    up = commands.add_parser(
+        "up", help="start a local cluster (reopens an existing data directory)"
+    )
     up.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    up.add_argument(
+        "--base-port", type=int, default=DEFAULT_BASE_PORT, help="control plane port; nodes follow"
+    )
     up.add_argument("--storage-nodes", type=int, default=6)
     up.add_argument(
         "--storage-set",
@@ -94,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     down.set_defaults(run=cmd_down)
 
-    status = commands.add_parser("status", help="show each process and its health")
+    status = commands.add_parser("status", help="show each process, its state and health")
     status.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    status.add_argument("--json", action="store_true", help="cluster.json with live health")
     status.set_defaults(run=cmd_status)
     return parser
 

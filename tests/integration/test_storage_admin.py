@@ -8,11 +8,6 @@ runs a cluster of real processes that outlive the command that started them.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -185,68 +180,3 @@ def test_metrics_are_prometheus_text(storage_cluster: LocalCluster) -> None:
             await close_all(all_clients)
 
     run(scenario)
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting for its parent."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _cluster_pids(data_dir: Path) -> list[int]:
-    path = data_dir / "cluster.json"
-    if not path.exists():
-        return []
-    document = json.loads(path.read_text())
-    return [entry["pid"] for entry in document["storage_nodes"] if entry.get("pid")]
-
-
-def test_cli_up_status_down(tmp_path: Path) -> None:
-    borealis = Path(sys.executable).with_name("borealis")
-    data_dir = tmp_path / "cli-cluster"
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(borealis), *args, "--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT_S,
-            cwd=tmp_path,
-            check=False,
-        )
-
-    try:
-        up = cli("up", "--storage-set", "lmdb_map_size_bytes=1073741824")
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert sum(" SERVING " in f"{line} " for line in up.stdout.splitlines()) == 6, up.stdout
-        pids = _cluster_pids(data_dir)
-        assert len(pids) == 6 and all(_alive(pid) for pid in pids)
-
-        status = cli("status")
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert sum(" SERVING " in f"{line} " for line in status.stdout.splitlines()) == 6
-
-        down = cli("down")
-        assert down.returncode == 0, down.stdout + down.stderr
-        wait_until(lambda: not any(_alive(pid) for pid in pids), 15.0, what="every node to stop")
-        errors = [
-            line
-            for log in data_dir.glob("s*/node.log")
-            for line in log.read_text(errors="replace").splitlines()
-            if "level=error" in line or "Traceback" in line
-        ]
-        assert not errors, errors
-    finally:
-        leftover = [pid for pid in _cluster_pids(data_dir) if _alive(pid)]
-        if leftover:
-            cli("down")
-        for pid in _cluster_pids(data_dir):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,87 @@
+"""python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--storage-set K=V ...]
+
+Started in the background by `borealis up`. It starts and supervises the cluster's
+processes, serves gRPC health on the base port, writes DIR/cluster.json, and on
+SIGTERM stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from borealis import faults, log
+from borealis.errors import BorealisError
+from control_plane.supervisor import Supervisor
+from deploy.local import LocalCluster
+from deploy.ports import PortAllocator, port_is_free
+
+logger = log.get_logger("control_plane")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m control_plane")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--base-port", type=int, required=True)
+    parser.add_argument("--storage-nodes", type=int, default=6)
+    parser.add_argument("--storage-set", action="append", default=[], metavar="KEY=VALUE")
+    return parser.parse_args(argv)
+
+
+def build_cluster(args: argparse.Namespace) -> LocalCluster:
+    """The existing cluster in the data directory (same volume, same ports), else a new one."""
+    existing = LocalCluster.reopen(args.data_dir)
+    if existing.storage_nodes:
+        return existing
+    # Ports after the control plane's own, in order, each test-bound.
+    ports = PortAllocator(start=args.base_port + 1)
+    overrides = dict(item.split("=", 1) for item in args.storage_set)
+    return LocalCluster(
+        args.data_dir, ports=ports, storage_nodes=args.storage_nodes, storage_overrides=overrides
+    )
+
+
+def serve_health(port: int) -> tuple[grpc.Server, health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise BorealisError("cannot listen on the control plane port", port=port)
+    server.start()
+    return server, servicer
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    log.configure("info")
+    faults.configure_from_env()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    if not port_is_free(args.base_port):
+        logger.error("control plane port is in use", port=args.base_port)
+        return 2
+    server, servicer = serve_health(args.base_port)
+    supervisor = Supervisor(build_cluster(args), args.base_port)
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
+    try:
+        supervisor.start()
+    except BorealisError as error:
+        logger.error("cluster failed to start", error=str(error))
+        server.stop(0)
+        return 1
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    logger.info("control plane serving", port=args.base_port, data_dir=str(args.data_dir))
+    supervisor.run()
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.stop(1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The supervisor: starts the cluster's processes, restarts those that die, keeps cluster.json.
+
+It runs in the control plane process, which is the parent of every node process
+(so it can reap them). A process that exits without being asked to is restarted
+after a backoff that doubles with each quick failure; after `restarts_max` failures
+within `restart_window_s` it is marked failed and left alone, so a node that
+cannot start does not spin.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from borealis.errors import Unavailable
+from borealis.log import get_logger
+from deploy.local import LocalCluster, NodeProcess
+
+log = get_logger("control_plane.supervisor")
+
+
+@dataclass
+class RestartPolicy:
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    restarts_max: int = 5
+    restart_window_s: float = 60.0
+
+
+@dataclass
+class _History:
+    restarts: list[float] = field(default_factory=list)
+    next_attempt_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        control_plane_port: int,
+        interval_s: float = 0.5,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.control_plane_port = control_plane_port
+        self.interval_s = interval_s
+        self.policy = policy or RestartPolicy()
+        self.stopping = threading.Event()
+        self._history: dict[str, _History] = {}
+        self.restarts_total = 0
+
+    def processes(self) -> list[NodeProcess]:
+        return list(self.cluster.storage_nodes)
+
+    def write_cluster_file(self) -> None:
+        self.cluster.write_cluster_file(
+            control_plane={
+                "pid": os.getpid(),
+                "port": self.control_plane_port,
+                "address": f"127.0.0.1:{self.control_plane_port}",
+            }
+        )
+
+    def start(self) -> None:
+        self.cluster.start()
+        self.write_cluster_file()
+        log.info("cluster started", storage_nodes=len(self.cluster.storage_nodes))
+
+    def run(self) -> None:
+        """Supervises until `stopping` is set, then stops every process."""
+        while not self.stopping.wait(self.interval_s):
+            changed = False
+            for process in self.processes():
+                changed |= self._check(process)
+            if changed:
+                self.write_cluster_file()
+        self.cluster.stop()
+        self.write_cluster_file()
+        log.info("cluster stopped")
+
+    def _check(self, process: NodeProcess) -> bool:
+        if process.state in ("stopped", "failed") or process.is_running():
+            return False
+        history = self._history.setdefault(process.name, _History())
+        now = time.monotonic()
+        if process.state != "restarting":
+            log.warning("process exited; restarting it", process=process.name, pid=process.pid)
+            history.restarts = [
+                t for t in history.restarts if now - t < self.policy.restart_window_s
+            ]
+            if len(history.restarts) >= self.policy.restarts_max:
+                log.error(
+                    "process keeps failing; giving up on it",
+                    process=process.name,
+                    log_file=str(process.log_path),
+                )
+                process.state = "failed"
+                return True
+            backoff = min(
+                self.policy.backoff_max_s,
+                self.policy.backoff_initial_s * 2 ** len(history.restarts),
+            )
+            history.next_attempt_at = now + backoff
+            process.state = "restarting"
+            process.stop()  # reap it
+            return True
+        if now < history.next_attempt_at:
+            return False
+        history.restarts.append(now)
+        self.restarts_total += 1
+        try:
+            process.start(wait=True)
+        except Unavailable as error:
+            log.warning("restart failed", process=process.name, error=str(error).splitlines()[0])
+            process.state = "running"  # seen as exited on the next check, which backs off again
+            return True
+        process.state = "running"
+        log.info("process restarted", process=process.name, pid=process.pid)
+        return True

@@ -1,0 +1,160 @@
+"""`borealis up / status / down` with the control plane supervising real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from borealis.ids import Epoch, Epochs, PgIndex, SegmentId, VolumeId
+from borealis.wait import wait_until
+from deploy.ports import PortAllocator
+from storage_node.client import StorageClient
+from storage_node.segment import Member
+from tests.support.storage import run
+
+pytestmark = pytest.mark.integration
+
+CLI_TIMEOUT_S = 120.0
+SEGMENT = SegmentId(VolumeId(3), PgIndex(0))
+EPOCHS = Epochs(Epoch(1), Epoch(1))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _document(data_dir: Path) -> dict[str, Any]:
+    return json.loads((data_dir / "cluster.json").read_text())
+
+
+def _pids(data_dir: Path) -> list[int]:
+    if not (data_dir / "cluster.json").exists():
+        return []
+    document = _document(data_dir)
+    pids = [node["pid"] for node in document["storage_nodes"]]
+    return [pid for pid in [document["control_plane"].get("pid"), *pids] if pid]
+
+
+def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: PortAllocator) -> None:
+    borealis = Path(sys.executable).with_name("borealis")
+    data_dir = tmp_path / "cluster"
+    # A block of free ports: the control plane takes the base, nodes the ones after.
+    base_port = port_allocator.allocate()
+    for _ in range(16):
+        port_allocator.allocate()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(borealis), *args, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    seen_pids: set[int] = set()
+    try:
+        up = cli(
+            "up", "--base-port", str(base_port), "--storage-set", "lmdb_map_size_bytes=1073741824"
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        document = _document(data_dir)
+        seen_pids.update(_pids(data_dir))
+        assert document["control_plane"]["port"] == base_port
+        assert [node["state"] for node in document["storage_nodes"]] == ["running"] * 6
+        assert (
+            sorted(node["az"] for node in document["storage_nodes"])
+            == ["az-a"] * 2 + ["az-b"] * 2 + ["az-c"] * 2
+        )
+        assert document["instances"] == [] and document["endpoints"] == {}
+
+        status = cli("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert [node["health"] for node in json.loads(status.stdout)["storage_nodes"]] == [
+            "SERVING"
+        ] * 6
+
+        # A second up on a running directory changes nothing.
+        again = cli("up", "--base-port", str(base_port))
+        assert again.returncode == 0 and "already running" in again.stdout
+        assert (
+            _pids(data_dir) == _pids(data_dir)
+            and _document(data_dir)["control_plane"] == document["control_plane"]
+        )
+
+        members = [Member(n["name"], n["address"], n["az"]) for n in document["storage_nodes"]]
+
+        async def create() -> None:
+            for node in document["storage_nodes"]:
+                async with StorageClient(node["address"]) as client:
+                    await client.set_membership(SEGMENT, EPOCHS, 0, 8, members)
+
+        run(create)
+
+        # The supervisor restarts a node killed with kill -9.
+        victim = document["storage_nodes"][2]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def restarted() -> bool:
+            node = _document(data_dir)["storage_nodes"][2]
+            return (
+                node["state"] == "running" and node["pid"] != victim["pid"] and _alive(node["pid"])
+            )
+
+        wait_until(restarted, 30.0, what="the supervisor to restart s3")
+        seen_pids.update(_pids(data_dir))
+
+        down = cli("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        wait_until(
+            lambda: not any(_alive(pid) for pid in seen_pids), 15.0, what="every process to stop"
+        )
+        assert [node["state"] for node in _document(data_dir)["storage_nodes"]] == ["stopped"] * 6
+
+        # up on the same directory reopens the same nodes, ports and segments.
+        reopened = cli("up")
+        assert reopened.returncode == 0, reopened.stdout + reopened.stderr
+        seen_pids.update(_pids(data_dir))
+        assert [n["address"] for n in _document(data_dir)["storage_nodes"]] == [
+            m.address for m in members
+        ]
+
+        async def segments() -> list[int]:
+            counts = []
+            for member in members:
+                async with StorageClient(member.address) as client:
+                    counts.append(len(await client.list_segments()))
+            return counts
+
+        assert run(segments) == [1] * 6
+        errors = [
+            line
+            for log in [*data_dir.glob("s*/node.log"), data_dir / "control_plane.log"]
+            for line in log.read_text(errors="replace").splitlines()
+            if "level=error" in line or "Traceback" in line
+        ]
+        assert not errors, errors
+    finally:
+        if any(_alive(pid) for pid in _pids(data_dir)):
+            cli("down")
+        for pid in seen_pids | set(_pids(data_dir)):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
