@@ -52,6 +52,16 @@ class VersionGone(BorealisError):
     """A page version below the PGMRPL was asked for; it may be garbage-collected."""
 
 
+class SnapshotTooOld(VersionGone):
+    """A read transaction stayed open so long that the old page versions it needed
+    were dropped to bound memory (PostgreSQL's "snapshot too old")."""
+
+
+class SerializationFailure(BorealisError):
+    """A transaction read an older snapshot than the newest commit and then tried to
+    write (as in PostgreSQL's SERIALIZABLE and Aurora DSQL): retry the transaction."""
+
+
 class ResourceExhausted(BorealisError):
     """A bounded queue or store is full; retry later."""
 
@@ -73,7 +83,9 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "42710"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "08006"),
+    (SnapshotTooOld, grpc.StatusCode.OUT_OF_RANGE, "72000"),
     (VersionGone, grpc.StatusCode.OUT_OF_RANGE, "72000"),
+    (SerializationFailure, grpc.StatusCode.ABORTED, "40001"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "53000"),
     (Corruption, grpc.StatusCode.DATA_LOSS, "XX001"),
     (FailpointError, grpc.StatusCode.INTERNAL, "XX000"),

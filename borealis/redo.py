@@ -196,21 +196,70 @@ def materialise(base: bytes | None, records: Iterable[bytes]) -> bytes:
     return bytes(image)
 
 
+# diff compares pages chunk by chunk (a memcmp per slice), then finds the changed
+# bytes of each run of differing chunks at C speed: XOR as big integers, then map
+# every non-zero byte to 1 so bytes.find can look for changes and for gaps.
+DIFF_CHUNK_BYTES = 512
+_NONZERO_TO_ONE = bytes([0] + [1] * 255)
+
+
 def diff(old: bytes, new: bytes, gap_bytes_max: int = 8) -> list[tuple[int, bytes]]:
-    """Byte ranges where `new` differs from `old`; ranges closer than the gap merge."""
+    """Byte ranges where `new` differs from `old`; ranges closer than the gap merge.
+
+    Two ranges stay apart when at least `gap_bytes_max` equal bytes lie between
+    them; each range starts and ends on a changed byte (so with 0, every changed
+    byte is its own range).
+    """
     assert len(old) == len(new) == PAGE_SIZE_BYTES
     ranges: list[tuple[int, bytes]] = []
     if old == new:
         return ranges
-    start = -1
-    last_diff = -1
-    for index in range(PAGE_SIZE_BYTES):
-        if old[index] != new[index]:
-            if start < 0:
-                start = index
-            elif index - last_diff > gap_bytes_max:
-                ranges.append((start, new[start : last_diff + 1]))
-                start = index
-            last_diff = index
-    ranges.append((start, new[start : last_diff + 1]))
+    # Runs of differing chunks are diffed as one span, so a range can cross a chunk
+    # boundary; an equal chunk between two spans is a gap wider than the limit
+    # (when the limit is not, the whole page is one span).
+    chunk_bytes = DIFF_CHUNK_BYTES if gap_bytes_max < DIFF_CHUNK_BYTES else PAGE_SIZE_BYTES
+    span_start = -1
+    for start in range(0, PAGE_SIZE_BYTES, chunk_bytes):
+        end = start + chunk_bytes
+        if old[start:end] != new[start:end]:
+            if span_start < 0:
+                span_start = start
+        elif span_start >= 0:
+            _diff_span(old, new, span_start, start, gap_bytes_max, ranges)
+            span_start = -1
+    if span_start >= 0:
+        _diff_span(old, new, span_start, PAGE_SIZE_BYTES, gap_bytes_max, ranges)
     return ranges
+
+
+def _diff_span(
+    old: bytes,
+    new: bytes,
+    start: int,
+    end: int,
+    gap_bytes_max: int,
+    ranges: list[tuple[int, bytes]],
+) -> None:
+    """Appends the ranges of old[start:end] != new[start:end], which differ somewhere."""
+    changed = (
+        (int.from_bytes(old[start:end], "little") ^ int.from_bytes(new[start:end], "little"))
+        .to_bytes(end - start, "little")
+        .translate(_NONZERO_TO_ONE)
+    )
+    position = changed.find(1)
+    if gap_bytes_max == 0:
+        while position >= 0:
+            ranges.append((start + position, new[start + position : start + position + 1]))
+            position = changed.find(1, position + 1)
+        return
+    gap = bytes(gap_bytes_max)
+    while position >= 0:
+        # The first run of gap_bytes_max equal bytes ends the range; the byte before
+        # it is a changed one (else the run would have been found one byte earlier).
+        range_end = changed.find(gap, position)
+        if range_end < 0:
+            range_end = changed.rfind(1) + 1
+            ranges.append((start + position, new[start + position : start + range_end]))
+            return
+        ranges.append((start + position, new[start + position : start + range_end]))
+        position = changed.find(1, range_end)
