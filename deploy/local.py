@@ -93,15 +93,7 @@ class NodeProcess:
     def is_running(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        if self.pid is None:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not _is_zombie(self.pid)
+        return pid_alive(self.pid)
 
     def signal(self, signum: int) -> None:
         if self.pid is not None and self.is_running():
@@ -150,10 +142,19 @@ class NodeProcess:
         return [line for line in text.splitlines() if "level=error" in line or "Traceback" in line]
 
 
-def _is_zombie(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while the process exists and is not a zombie waiting for its parent to reap it."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 

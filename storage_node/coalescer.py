@@ -41,6 +41,29 @@ def deltas_to_coalesce(versions: PageVersions, scl: int) -> tuple[int, int] | No
     return versions.lsns[newest], deltas
 
 
+async def write_image(
+    store: SegmentStore, writer: Writer, segment: Segment, page: int, lsn: int
+) -> bool:
+    """Materialises `page` at its version `lsn` and stores the image as that version.
+
+    False (with a warning) when a needed version is corrupt: the page keeps its
+    deltas until the scrubber has repaired them.
+    """
+    try:
+        image, _ = await asyncio.to_thread(store.read_page, segment, page, lsn)
+    except Corruption as error:
+        log.warning(
+            "page not materialised: a version is corrupt",
+            segment=segment.id,
+            page=page,
+            lsn=lsn,
+            error=error,
+        )
+        return False
+    await writer.run(partial(store.op_put_image, segment=segment, page=page, lsn=lsn, image=image))
+    return True
+
+
 class Coalescer:
     def __init__(
         self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics
@@ -76,29 +99,8 @@ class Coalescer:
             found = deltas_to_coalesce(page_versions, scl)
             if found is None or found[1] < self._config.coalesce_deltas_max:
                 continue
-            lsn = found[0]
-            try:
-                image, _ = await asyncio.to_thread(
-                    self._store.read_page, segment, page_versions.page, lsn
-                )
-            except Corruption as error:
-                log.warning(
-                    "coalesce skipped a corrupt page",
-                    segment=segment.id,
-                    page=page_versions.page,
-                    error=error,
-                )
-                continue
-            await self._writer.run(
-                partial(
-                    self._store.op_put_image,
-                    segment=segment,
-                    page=page_versions.page,
-                    lsn=lsn,
-                    image=image,
-                )
-            )
-            images += 1
+            if await write_image(self._store, self._writer, segment, page_versions.page, found[0]):
+                images += 1
         segment.touch(later)
         if images:
             self._metrics.inc("coalesced_images_total", images)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from borealis.errors import Corruption
 from borealis.ids import SegmentId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
+from storage_node.coalescer import write_image
 from storage_node.segment import Segment
 from storage_node.store import TAG_DELTA, PageVersions, SegmentStore
 from storage_node.writer import Writer
@@ -60,28 +60,10 @@ class GarbageCollector:
             materialise, older = collectable(page_versions, horizon)
             if not older:
                 continue
-            if materialise is not None:
-                try:
-                    image, _ = await asyncio.to_thread(
-                        self._store.read_page, segment, page_versions.page, materialise
-                    )
-                except Corruption as error:
-                    log.warning(
-                        "gc kept a page it could not materialise",
-                        segment=segment.id,
-                        page=page_versions.page,
-                        error=error,
-                    )
-                    continue
-                await self._writer.run(
-                    partial(
-                        self._store.op_put_image,
-                        segment=segment,
-                        page=page_versions.page,
-                        lsn=materialise,
-                        image=image,
-                    )
-                )
+            if materialise is not None and not await write_image(
+                self._store, self._writer, segment, page_versions.page, materialise
+            ):
+                continue  # keep every version until the base can be materialised
             doomed.extend((page_versions.page, lsn) for lsn in older)
         deleted = 0
         for start in range(0, len(doomed), DELETES_PER_TRANSACTION_MAX):

@@ -22,7 +22,7 @@ from typing import Any
 from borealis import rpc
 from borealis.errors import BorealisError, NotFound, Unavailable
 from borealis.wait import wait_until
-from deploy.local import REPO_ROOT, read_cluster_file
+from deploy.local import REPO_ROOT, pid_alive, read_cluster_file
 from storage_node.client import StorageClient
 
 DEFAULT_DATA_DIR = Path(".borealis")
@@ -30,20 +30,6 @@ DEFAULT_DATA_DIR = Path(".borealis")
 DEFAULT_BASE_PORT = 7400
 UP_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 30.0
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _document(data_dir: Path) -> dict[str, Any] | None:
@@ -54,7 +40,7 @@ def _document(data_dir: Path) -> dict[str, Any] | None:
 
 
 def _control_plane_running(document: dict[str, Any] | None) -> bool:
-    return bool(document) and _alive(document.get("control_plane", {}).get("pid"))  # type: ignore[union-attr]
+    return bool(document) and pid_alive(document.get("control_plane", {}).get("pid"))  # type: ignore[union-attr]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -119,16 +105,16 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"no cluster in {data_dir}")
         return 0
     control_plane_pid = document["control_plane"].get("pid")
-    if _alive(control_plane_pid):
+    if pid_alive(control_plane_pid):
         os.kill(control_plane_pid, signal.SIGTERM)
         deadline = time.monotonic() + DOWN_TIMEOUT_S
-        while _alive(control_plane_pid) and time.monotonic() < deadline:
+        while pid_alive(control_plane_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     # Whatever is still alive (the control plane died, or timed out) is killed.
     leftovers = [
         pid
         for pid in [control_plane_pid, *(node["pid"] for node in document["storage_nodes"])]
-        if _alive(pid)
+        if pid_alive(pid)
     ]
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)
@@ -144,7 +130,7 @@ def print_status(data_dir: Path, as_json: bool) -> int:
     document = read_cluster_file(data_dir)
 
     async def health(node: dict[str, Any]) -> tuple[str, int]:
-        status = await rpc.health_status(node["address"], 2.0) if _alive(node["pid"]) else "DOWN"
+        status = await rpc.health_status(node["address"], 2.0) if pid_alive(node["pid"]) else "DOWN"
         segments = -1
         if status == "SERVING":
             async with StorageClient(node["address"], timeout_s=2.0) as client:
@@ -159,7 +145,7 @@ def print_status(data_dir: Path, as_json: bool) -> int:
         node["health"] = status
         node["segments"] = segments
     control_plane = document["control_plane"]
-    control_plane["running"] = _alive(control_plane.get("pid"))
+    control_plane["running"] = pid_alive(control_plane.get("pid"))
     if as_json:
         print(json.dumps(document, indent=2))
     else:

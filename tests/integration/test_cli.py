@@ -14,6 +14,7 @@ import pytest
 
 from borealis.ids import Epoch, Epochs, PgIndex, SegmentId, VolumeId
 from borealis.wait import wait_until
+from deploy.local import pid_alive
 from deploy.ports import PortAllocator
 from storage_node.client import StorageClient
 from storage_node.segment import Member
@@ -24,20 +25,6 @@ pytestmark = pytest.mark.integration
 CLI_TIMEOUT_S = 120.0
 SEGMENT = SegmentId(VolumeId(3), PgIndex(0))
 EPOCHS = Epochs(Epoch(1), Epoch(1))
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _document(data_dir: Path) -> dict[str, Any]:
@@ -116,7 +103,9 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         def restarted() -> bool:
             node = _document(data_dir)["storage_nodes"][2]
             return (
-                node["state"] == "running" and node["pid"] != victim["pid"] and _alive(node["pid"])
+                node["state"] == "running"
+                and node["pid"] != victim["pid"]
+                and pid_alive(node["pid"])
             )
 
         wait_until(restarted, 30.0, what="the supervisor to restart s3")
@@ -125,7 +114,7 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         down = cli("down")
         assert down.returncode == 0, down.stdout + down.stderr
         wait_until(
-            lambda: not any(_alive(pid) for pid in seen_pids), 15.0, what="every process to stop"
+            lambda: not any(pid_alive(pid) for pid in seen_pids), 15.0, what="every process to stop"
         )
         assert [node["state"] for node in _document(data_dir)["storage_nodes"]] == ["stopped"] * 6
 
@@ -153,8 +142,8 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         ]
         assert not errors, errors
     finally:
-        if any(_alive(pid) for pid in _pids(data_dir)):
+        if any(pid_alive(pid) for pid in _pids(data_dir)):
             cli("down")
         for pid in seen_pids | set(_pids(data_dir)):
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
