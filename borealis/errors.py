@@ -62,6 +62,11 @@ class SerializationFailure(BorealisError):
     write (as in PostgreSQL's SERIALIZABLE and Aurora DSQL): retry the transaction."""
 
 
+class TransactionAborted(InvalidRequest):
+    """The session's transaction failed earlier; only ROLLBACK (or COMMIT, which rolls
+    back) ends it (PostgreSQL's in_failed_sql_transaction)."""
+
+
 class ResourceExhausted(BorealisError):
     """A bounded queue or store is full; retry later."""
 
@@ -78,6 +83,7 @@ class FailpointError(BorealisError):
 # that callers outside this process see. Order matters only for subclasses,
 # which must come before their bases.
 ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
+    (TransactionAborted, grpc.StatusCode.INVALID_ARGUMENT, "25P02"),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "22000"),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),

@@ -51,10 +51,21 @@ def handler(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+# A channel of its own per client: gRPC otherwise shares one connection per
+# address across channels, so a new channel to a node that just restarted inherits
+# an old channel's reconnect backoff and fails at once. Backoff stays short (the
+# default grows to 120 s), so a writer resumes soon after a node comes back.
+CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def channel(address: str, message_bytes_max: int) -> aio.Channel:
-    return aio.insecure_channel(
-        address, options=message_options(message_bytes_max) + KEEPALIVE_OPTIONS
-    )
+    options = message_options(message_bytes_max) + KEEPALIVE_OPTIONS + CHANNEL_OPTIONS
+    return aio.insecure_channel(address, options=options)
 
 
 async def call(coroutine: Awaitable[T], **context: Any) -> T:

@@ -31,6 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-port", type=int, required=True)
     parser.add_argument("--storage-nodes", type=int, default=6)
     parser.add_argument("--storage-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--instance-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-writer", action="store_true", help="start only the storage tier")
     return parser.parse_args(argv)
 
 
@@ -41,9 +43,13 @@ def build_cluster(args: argparse.Namespace) -> LocalCluster:
         return existing
     # Ports after the control plane's own, in order, each test-bound.
     ports = PortAllocator(start=args.base_port + 1)
-    overrides = dict(item.split("=", 1) for item in args.storage_set)
     return LocalCluster(
-        args.data_dir, ports=ports, storage_nodes=args.storage_nodes, storage_overrides=overrides
+        args.data_dir,
+        ports=ports,
+        storage_nodes=args.storage_nodes,
+        storage_overrides=dict(item.split("=", 1) for item in args.storage_set),
+        writer=not args.no_writer,
+        instance_overrides=dict(item.split("=", 1) for item in args.instance_set),
     )
 
 

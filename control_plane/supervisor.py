@@ -50,29 +50,29 @@ class Supervisor:
         self.stopping = threading.Event()
         self._history: dict[str, _History] = {}
         self.restarts_total = 0
-
-    def processes(self) -> list[NodeProcess]:
-        return list(self.cluster.storage_nodes)
+        self.cluster.control_plane = {
+            "pid": os.getpid(),
+            "port": self.control_plane_port,
+            "address": f"127.0.0.1:{self.control_plane_port}",
+        }
 
     def write_cluster_file(self) -> None:
-        self.cluster.write_cluster_file(
-            control_plane={
-                "pid": os.getpid(),
-                "port": self.control_plane_port,
-                "address": f"127.0.0.1:{self.control_plane_port}",
-            }
-        )
+        self.cluster.write_cluster_file()
 
     def start(self) -> None:
         self.cluster.start()
         self.write_cluster_file()
-        log.info("cluster started", storage_nodes=len(self.cluster.storage_nodes))
+        log.info(
+            "cluster started",
+            storage_nodes=len(self.cluster.storage_nodes),
+            instances=len(self.cluster.instances),
+        )
 
     def run(self) -> None:
         """Supervises until `stopping` is set, then stops every process."""
         while not self.stopping.wait(self.interval_s):
             changed = False
-            for process in self.processes():
+            for process in self.cluster.processes():
                 changed |= self._check(process)
             if changed:
                 self.write_cluster_file()

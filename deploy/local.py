@@ -24,6 +24,7 @@ from borealis import config as config_module
 from borealis import rpc
 from borealis.errors import NotFound, Unavailable
 from borealis.wait import wait_until
+from compute_node.config import ComputeNodeConfig
 from deploy.ports import PortAllocator
 from storage_node.config import StorageNodeConfig
 
@@ -165,6 +166,14 @@ class StorageNodeProcess(NodeProcess):
     metrics_url: str = ""
 
 
+@dataclass
+class InstanceProcess(NodeProcess):
+    """A compute instance (writer or reader)."""
+
+    role: str = "writer"
+    metrics_url: str = ""
+
+
 class LocalCluster:
     """A builder (configure, then `start()`) and handle of a local cluster."""
 
@@ -175,13 +184,20 @@ class LocalCluster:
         storage_nodes: int = 6,
         storage_overrides: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        writer: bool = False,
+        instance_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.ports = ports or PortAllocator()
         self.storage_count = storage_nodes
         self.storage_overrides = storage_overrides or {}
         self.env = env or {}
+        self.with_writer = writer
+        self.instance_overrides = instance_overrides or {}
         self.storage_nodes: list[StorageNodeProcess] = []
+        self.instances: list[InstanceProcess] = []
+        # Written into cluster.json by whoever supervises the cluster.
+        self.control_plane: dict[str, Any] = {}
 
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
         directory = self.data_dir / name
@@ -201,6 +217,38 @@ class LocalCluster:
         config_path.write_text("[storage_node]\n" + config_module.to_toml(config))
         return self._process_of(config, config_path)
 
+    def _instance(self, name: str, role: str) -> InstanceProcess:
+        directory = self.data_dir / name
+        config = config_module.build(
+            ComputeNodeConfig,
+            {
+                "name": name,
+                "role": role,
+                "data_dir": directory,
+                "cluster_file": self.data_dir / CLUSTER_FILE,
+                "port": self.ports.allocate(),
+                "metrics_port": self.ports.allocate(),
+                **self.instance_overrides,
+            },
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = directory / "compute_node.toml"
+        config_path.write_text("[compute_node]\n" + config_module.to_toml(config))
+        return self._instance_of(config, config_path)
+
+    def _instance_of(self, config: ComputeNodeConfig, config_path: Path) -> InstanceProcess:
+        return InstanceProcess(
+            name=config.name,
+            argv=[sys.executable, "-m", "compute_node", "--config", str(config_path)],
+            directory=config.data_dir,
+            address=f"{config.host}:{config.port}",
+            env=dict(self.env),
+            role=config.role,
+            metrics_url=f"http://{config.host}:{config.metrics_port}/metrics"
+            if config.metrics_port
+            else "",
+        )
+
     def _process_of(self, config: StorageNodeConfig, config_path: Path) -> StorageNodeProcess:
         return StorageNodeProcess(
             name=config.name,
@@ -215,30 +263,38 @@ class LocalCluster:
         )
 
     def start(self) -> LocalCluster:
-        """Starts every process that is not running (all of them the first time)."""
+        """Starts every process that is not running (all of them the first time):
+        the storage nodes, then (once cluster.json names them) the instances."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.storage_nodes:
             self.storage_nodes = [
                 self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
             ]
+        if self.with_writer and not self.instances:
+            self.instances = [self._instance("w1", "writer")]
         try:
-            for node in self.storage_nodes:
-                if not node.is_running():
-                    node.state = "starting"
-                    node.start(wait=False)
-            for node in self.storage_nodes:
-                node.wait_serving()
-                node.state = "running"
+            for group in (self.storage_nodes, self.instances):
+                for process in group:
+                    if not process.is_running():
+                        process.state = "starting"
+                        process.start(wait=False)
+                for process in group:
+                    process.wait_serving()
+                    process.state = "running"
+                self.write_cluster_file()
         except BaseException:
             self.stop(immediate=True)
             raise
-        self.write_cluster_file()
         return self
 
+    def processes(self) -> list[NodeProcess]:
+        return [*self.storage_nodes, *self.instances]
+
     def stop(self, immediate: bool = False) -> None:
-        for node in self.storage_nodes:
-            node.stop(immediate)
-            node.state = "stopped"
+        """Stops the instances first (a writer finishes shipping), then storage."""
+        for process in [*self.instances, *self.storage_nodes]:
+            process.stop(immediate)
+            process.state = "stopped"
 
     def node(self, name: str) -> StorageNodeProcess:
         for node in self.storage_nodes:
@@ -246,11 +302,11 @@ class LocalCluster:
                 return node
         raise NotFound("no such node in the cluster", node=name)
 
-    def write_cluster_file(self, control_plane: dict[str, Any] | None = None) -> None:
+    def write_cluster_file(self) -> None:
         """Writes cluster.json, the interface users and scripts read (see docs/operations.md)."""
         document = {
             "data_dir": str(self.data_dir),
-            "control_plane": control_plane or {},
+            "control_plane": self.control_plane,
             "storage_nodes": [
                 {
                     "name": node.name,
@@ -265,7 +321,20 @@ class LocalCluster:
                 }
                 for node in self.storage_nodes
             ],
-            "instances": [],
+            "instances": [
+                {
+                    "name": instance.name,
+                    "role": instance.role,
+                    "address": instance.address,
+                    "port": int(instance.address.rsplit(":", 1)[1]),
+                    "metrics_url": instance.metrics_url,
+                    "pid": instance.pid,
+                    "state": instance.state,
+                    "directory": str(instance.directory),
+                    "log": str(instance.log_path),
+                }
+                for instance in self.instances
+            ],
             "endpoints": {},
         }
         path = self.data_dir / CLUSTER_FILE
@@ -280,6 +349,9 @@ class LocalCluster:
             config = config_module.load(StorageNodeConfig, config_path, table="storage_node")
             cluster.storage_nodes.append(cluster._process_of(config, config_path))
         cluster.storage_nodes.sort(key=lambda node: int(node.name[1:]))
+        for config_path in sorted(cluster.data_dir.glob("*/compute_node.toml")):
+            config = config_module.load(ComputeNodeConfig, config_path, table="compute_node")
+            cluster.instances.append(cluster._instance_of(config, config_path))
         return cluster
 
     @classmethod
@@ -287,8 +359,12 @@ class LocalCluster:
         """The cluster as cluster.json last described it, with the processes' pids."""
         document = read_cluster_file(data_dir)
         cluster = cls.reopen(Path(document["data_dir"]))
-        entries = {entry["name"]: entry for entry in document["storage_nodes"]}
-        for node in cluster.storage_nodes:
+        cluster.control_plane = document.get("control_plane", {})
+        entries = {
+            entry["name"]: entry
+            for entry in [*document["storage_nodes"], *document.get("instances", [])]
+        }
+        for node in cluster.processes():
             entry = entries.get(node.name, {})
             node.pid = entry.get("pid")
             node.state = entry.get("state", "stopped")

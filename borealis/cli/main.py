@@ -62,6 +62,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     ]
     for item in args.storage_set:
         argv += ["--storage-set", item]
+    for item in args.instance_set:
+        argv += ["--instance-set", item]
+    if args.no_writer:
+        argv.append("--no-writer")
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -83,7 +87,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return bool(
             document
             and document["control_plane"].get("pid") == process.pid
-            and all(node["state"] == "running" for node in document["storage_nodes"])
+            and all(
+                process["state"] == "running"
+                for process in [*document["storage_nodes"], *document["instances"]]
+            )
         )
 
     try:
@@ -113,7 +120,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     # Whatever is still alive (the control plane died, or timed out) is killed.
     leftovers = [
         pid
-        for pid in [control_plane_pid, *(node["pid"] for node in document["storage_nodes"])]
+        for pid in [
+            control_plane_pid,
+            *(process["pid"] for process in [*document["instances"], *document["storage_nodes"]]),
+        ]
         if pid_alive(pid)
     ]
     for pid in leftovers:
@@ -129,40 +139,53 @@ def cmd_status(args: argparse.Namespace) -> int:
 def print_status(data_dir: Path, as_json: bool) -> int:
     document = read_cluster_file(data_dir)
 
-    async def health(node: dict[str, Any]) -> tuple[str, int]:
-        status = await rpc.health_status(node["address"], 2.0) if pid_alive(node["pid"]) else "DOWN"
-        segments = -1
-        if status == "SERVING":
+    async def storage_health(node: dict[str, Any]) -> None:
+        node["health"] = await _health(node)
+        node["segments"] = -1
+        if node["health"] == "SERVING":
             async with StorageClient(node["address"], timeout_s=2.0) as client:
-                segments = len(await client.list_segments())
-        return status, segments
+                node["segments"] = len(await client.list_segments())
 
-    async def gather() -> list[tuple[str, int]]:
-        return list(await asyncio.gather(*(health(node) for node in document["storage_nodes"])))
+    async def instance_health(instance: dict[str, Any]) -> None:
+        instance["health"] = await _health(instance)
 
-    rows = asyncio.run(gather())
-    for node, (status, segments) in zip(document["storage_nodes"], rows, strict=True):
-        node["health"] = status
-        node["segments"] = segments
+    async def gather() -> None:
+        await asyncio.gather(
+            *(storage_health(node) for node in document["storage_nodes"]),
+            *(instance_health(instance) for instance in document["instances"]),
+        )
+
+    asyncio.run(gather())
     control_plane = document["control_plane"]
     control_plane["running"] = pid_alive(control_plane.get("pid"))
     if as_json:
         print(json.dumps(document, indent=2))
     else:
         running = "running" if control_plane["running"] else "not running"
-        print(
-            f"control plane: {running} (pid {control_plane.get('pid')}, port {control_plane.get('port')})"
-        )
-        print(
-            f"{'node':<6} {'az':<6} {'address':<22} {'pid':>8} {'state':<11} {'health':<12} {'segments':>8}"
-        )
+        pid, port = control_plane.get("pid"), control_plane.get("port")
+        print(f"control plane: {running} (pid {pid}, port {port})")
+        header = f"{'name':<6} {'role':<8} {'az':<6} {'address':<22} {'pid':>8} {'state':<11} {'health':<12}"
+        print(f"{header} {'segments':>8}")
         for node in document["storage_nodes"]:
             shown = str(node["segments"]) if node["segments"] >= 0 else "-"
-            print(
-                f"{node['name']:<6} {node['az']:<6} {node['address']:<22} {node['pid'] or '-':>8} "
-                f"{node['state']:<11} {node['health']:<12} {shown:>8}"
-            )
-    return 0 if all(status == "SERVING" for status, _ in rows) else 1
+            print(_row(node, "storage", node["az"]) + f" {shown:>8}")
+        for instance in document["instances"]:
+            print(_row(instance, instance["role"], "-"))
+    processes = [*document["storage_nodes"], *document["instances"]]
+    return 0 if all(process["health"] == "SERVING" for process in processes) else 1
+
+
+async def _health(process: dict[str, Any]) -> str:
+    if not pid_alive(process["pid"]):
+        return "DOWN"
+    return await rpc.health_status(process["address"], 2.0)
+
+
+def _row(process: dict[str, Any], role: str, az: str) -> str:
+    return (
+        f"{process['name']:<6} {role:<8} {az:<6} {process['address']:<22} "
+        f"{process['pid'] or '-':>8} {process['state']:<11} {process['health']:<12}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="storage node setting",
     )
+    up.add_argument(
+        "--instance-set", action="append", default=[], metavar="KEY=VALUE", help="instance setting"
+    )
+    up.add_argument("--no-writer", action="store_true", help="start only the storage tier")
     up.set_defaults(run=cmd_up)
 
     down = commands.add_parser("down", help="stop the local cluster")

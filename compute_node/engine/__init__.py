@@ -7,6 +7,8 @@
 - `connection`: opening SQLite connections with the required settings.
 - `memory`: an in-memory, versioned PageSource for tests and benchmarks.
 - `diagnostics`: a file class that counts VFS callbacks.
+- `sessions`: the Engine (writer and reader connections on worker threads) and
+  client sessions, whose results are released only once durable.
 
 Only this package imports apsw (DESIGN.md section 2).
 """
@@ -15,11 +17,16 @@ from __future__ import annotations
 
 from borealis.errors import SerializationFailure, SnapshotTooOld
 from compute_node.engine.connection import EngineConnection, LockingMode, open_connection
+from compute_node.engine.sessions import Engine, Result, Session, StatementError
 from compute_node.engine.source import CommitChanges, PageSource, PageWrite
 from compute_node.engine.vfs import VolumeFile, VolumeVFS
 
 __all__ = [
     "CommitChanges",
+    "Engine",
+    "Result",
+    "Session",
+    "StatementError",
     "EngineConnection",
     "LockingMode",
     "PageSource",

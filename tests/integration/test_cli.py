@@ -35,7 +35,7 @@ def _pids(data_dir: Path) -> list[int]:
     if not (data_dir / "cluster.json").exists():
         return []
     document = _document(data_dir)
-    pids = [node["pid"] for node in document["storage_nodes"]]
+    pids = [process["pid"] for process in [*document["storage_nodes"], *document["instances"]]]
     return [pid for pid in [document["control_plane"].get("pid"), *pids] if pid]
 
 
@@ -71,7 +71,10 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
             sorted(node["az"] for node in document["storage_nodes"])
             == ["az-a"] * 2 + ["az-b"] * 2 + ["az-c"] * 2
         )
-        assert document["instances"] == [] and document["endpoints"] == {}
+        assert [(i["name"], i["role"], i["state"]) for i in document["instances"]] == [
+            ("w1", "writer", "running")
+        ]
+        assert document["endpoints"] == {}
 
         status = cli("status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
@@ -111,6 +114,17 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         wait_until(restarted, 30.0, what="the supervisor to restart s3")
         seen_pids.update(_pids(data_dir))
 
+        # ... and the writer, which reopens the volume (recovery fences the old epoch).
+        writer = _document(data_dir)["instances"][0]
+        os.kill(writer["pid"], signal.SIGKILL)
+
+        def writer_back() -> bool:
+            instance = _document(data_dir)["instances"][0]
+            return instance["state"] == "running" and instance["pid"] != writer["pid"]
+
+        wait_until(writer_back, 60.0, what="the supervisor to restart the writer")
+        seen_pids.update(_pids(data_dir))
+
         down = cli("down")
         assert down.returncode == 0, down.stdout + down.stderr
         wait_until(
@@ -133,7 +147,8 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
                     counts.append(len(await client.list_segments()))
             return counts
 
-        assert run(segments) == [1] * 6
+        # The test's segment and PG 0 of the writer's volume.
+        assert run(segments) == [2] * 6
         errors = [
             line
             for log in [*data_dir.glob("s*/node.log"), data_dir / "control_plane.log"]

@@ -30,6 +30,7 @@ from borealis.errors import (
     SerializationFailure,
     SnapshotTooOld,
     StaleEpoch,
+    TransactionAborted,
     Unavailable,
     VersionGone,
 )
@@ -206,6 +207,7 @@ INTENDED_STATUS = {
     VersionGone: grpc.StatusCode.OUT_OF_RANGE,
     SnapshotTooOld: grpc.StatusCode.OUT_OF_RANGE,
     SerializationFailure: grpc.StatusCode.ABORTED,
+    TransactionAborted: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Corruption: grpc.StatusCode.DATA_LOSS,
     FailpointError: grpc.StatusCode.INTERNAL,

@@ -1,0 +1,100 @@
+"""A database instance process: the volume, the engine and its services.
+
+The writer creates the volume on first start (when no storage node holds a segment
+of it) and otherwise reopens it, which runs recovery (fencing any older writer).
+It serves gRPC health and the Admin API (failpoints, metrics); its PostgreSQL
+endpoint comes with the wire protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+
+from borealis import rpc
+from borealis.admin import AdminService
+from borealis.errors import AlreadyExists, InvalidRequest
+from borealis.ids import VolumeId
+from borealis.log import get_logger
+from borealis.metrics import Metrics, serve_http
+from compute_node.config import ComputeNodeConfig
+from compute_node.engine.sessions import Engine
+from compute_node.volume.volume import Volume, VolumeConfig
+from proto import admin_pb2_grpc
+from storage_node.segment import Member
+
+log = get_logger("compute_node")
+
+SERVICE_NAMES = ["borealis.admin.Admin"]
+
+
+def storage_members(config: ComputeNodeConfig) -> list[Member]:
+    """The storage nodes named in the cluster file."""
+    document = json.loads(config.cluster_file.read_text())
+    return [Member(node["name"], node["address"], node["az"]) for node in document["storage_nodes"]]
+
+
+async def open_volume(config: ComputeNodeConfig) -> Volume:
+    """Creates the volume if no storage node holds it yet, else reopens it as its writer."""
+    volume_id = VolumeId(config.volume_id)
+    nodes = storage_members(config)
+    volume_config = VolumeConfig(
+        pages_per_pg=config.pages_per_pg,
+        lal_lsns=config.lal_lsns,
+        cache_capacity_bytes=config.buffer_cache_bytes,
+    )
+    try:
+        return await Volume.create(volume_id, nodes, volume_config)
+    except AlreadyExists:
+        return await Volume.open(volume_id, nodes, volume_config)
+
+
+class Instance:
+    def __init__(self, config: ComputeNodeConfig) -> None:
+        if config.role != "writer":
+            raise InvalidRequest("only the writer role exists so far", role=config.role)
+        self.config = config
+        self.metrics = Metrics("borealis_instance")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        volume = await open_volume(self.config)
+        volume.register_metrics(self.metrics)
+        engine = await Engine.open(
+            volume, volume.wait_durable, readers=self.config.reader_connections
+        )
+        log.info("volume open", volume=self.config.volume_id, vdl=volume.vdl, pgs=volume.pg_count)
+
+        server = rpc.server(16 * 2**20)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
+        health = rpc.add_health(server)
+        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        metrics_server = None
+        if self.config.metrics_port is not None:
+            metrics_server = await serve_http(
+                self.metrics, self.config.host, self.config.metrics_port
+            )
+        (self.config.data_dir / "address").write_text(f"{self.config.host}:{port}\n")
+        await rpc.set_serving(health, SERVICE_NAMES, True)
+        log.info("instance serving", name=self.config.name, role=self.config.role, port=port)
+
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+        log.info("instance stopping", name=self.config.name)
+        await rpc.set_serving(health, SERVICE_NAMES, False)
+        if metrics_server is not None:
+            metrics_server.close()
+        await server.stop(self.config.shutdown_grace_ms / 1000)
+        await engine.close()
+        # Whatever was acknowledged is durable already; wait for the rest so a clean
+        # stop leaves nothing for the next writer's recovery to truncate.
+        with contextlib.suppress(Exception):
+            await volume.wait_durable(volume.lsn_newest(), self.config.shutdown_grace_ms / 1000)
+        await volume.close()
+        log.info("instance stopped", name=self.config.name)
