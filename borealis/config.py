@@ -8,6 +8,7 @@ Unknown keys are errors: a typo must not silently keep a default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import tomllib
@@ -102,3 +103,23 @@ def to_toml(config: Any) -> str:
             text = _TOML_CONTROL.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
         lines.append(f"{field.name} = {text}")
     return "\n".join(lines) + "\n"
+
+
+def from_command_line(
+    cls: type[T], table: str, argv: list[str], prog: str, description: str, flags: tuple[str, ...]
+) -> T:
+    """A service's settings from `--config FILE`, `--set KEY=VALUE ...` and shortcut
+    flags (`--data-dir D` is the override `data_dir=D`), in that order of precedence."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help=f"TOML file; settings under [{table}]")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
+    )
+    for flag in flags:
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag)
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    overrides += [
+        f"{flag}={getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None
+    ]
+    return load(cls, args.config, overrides, table=table)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import uvloop
 
@@ -16,22 +14,14 @@ from compute_node.instance import Instance
 
 
 def parse_args(argv: list[str]) -> ComputeNodeConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m compute_node", description="Run a Borealis instance."
+    return config_module.from_command_line(
+        ComputeNodeConfig,
+        "compute_node",
+        argv,
+        prog="python -m compute_node",
+        description="Run a Borealis instance.",
+        flags=("name", "role", "data_dir", "port", "cluster_file"),
     )
-    parser.add_argument("--config", type=Path, help="TOML file; settings under [compute_node]")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
-    )
-    for flag in ("name", "role", "data-dir", "port", "cluster-file"):
-        parser.add_argument(f"--{flag}")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for flag in ("name", "role", "data_dir", "port", "cluster_file"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{flag}={value}")
-    return config_module.load(ComputeNodeConfig, args.config, overrides, table="compute_node")
 
 
 def main(argv: list[str] | None = None) -> int:

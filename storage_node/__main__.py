@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import uvloop
 
@@ -16,22 +14,14 @@ from storage_node.server import StorageNode
 
 
 def parse_args(argv: list[str]) -> StorageNodeConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage_node", description="Run a Borealis storage node."
+    return config_module.from_command_line(
+        StorageNodeConfig,
+        "storage_node",
+        argv,
+        prog="python -m storage_node",
+        description="Run a Borealis storage node.",
+        flags=("name", "data_dir", "port", "az", "host"),
     )
-    parser.add_argument("--config", type=Path, help="TOML file; settings under [storage_node]")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting"
-    )
-    for flag in ("name", "data-dir", "port", "az", "host"):
-        parser.add_argument(f"--{flag}")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for flag in ("name", "data_dir", "port", "az", "host"):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{flag}={value}")
-    return config_module.load(StorageNodeConfig, args.config, overrides, table="storage_node")
 
 
 def main(argv: list[str] | None = None) -> int:
