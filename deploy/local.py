@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from borealis import config as config_module
 from borealis import rpc
@@ -27,6 +27,8 @@ from borealis.wait import wait_until
 from compute_node.config import ComputeNodeConfig
 from deploy.ports import PortAllocator
 from storage_node.config import StorageNodeConfig
+
+T = TypeVar("T")
 
 AZS = ("az-a", "az-b", "az-c")
 CLUSTER_FILE = "cluster.json"
@@ -200,66 +202,52 @@ class LocalCluster:
         self.control_plane: dict[str, Any] = {}
 
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
-        directory = self.data_dir / name
-        config = config_module.build(
-            StorageNodeConfig,
-            {
-                "name": name,
-                "az": az,
-                "data_dir": directory,
-                "port": self.ports.allocate(),
-                "metrics_port": self.ports.allocate(),
-                **self.storage_overrides,
-            },
-        )
-        directory.mkdir(parents=True, exist_ok=True)
-        config_path = directory / "storage_node.toml"
-        config_path.write_text("[storage_node]\n" + config_module.to_toml(config))
-        return self._process_of(config, config_path)
+        values = {"name": name, "az": az, **self.storage_overrides}
+        config, path = self._write_config(StorageNodeConfig, "storage_node", values)
+        return self._process_of(config, path)
 
     def _instance(self, name: str, role: str) -> InstanceProcess:
-        directory = self.data_dir / name
-        config = config_module.build(
-            ComputeNodeConfig,
-            {
-                "name": name,
-                "role": role,
-                "data_dir": directory,
-                "cluster_file": self.data_dir / CLUSTER_FILE,
-                "port": self.ports.allocate(),
-                "metrics_port": self.ports.allocate(),
-                **self.instance_overrides,
-            },
-        )
+        values = {
+            "name": name,
+            "role": role,
+            "cluster_file": self.data_dir / CLUSTER_FILE,
+            **self.instance_overrides,
+        }
+        config, path = self._write_config(ComputeNodeConfig, "compute_node", values)
+        return self._instance_of(config, path)
+
+    def _write_config(self, cls: type[T], table: str, values: dict[str, Any]) -> tuple[T, Path]:
+        """A new process's config (its ports from the allocator) in its own directory."""
+        directory = self.data_dir / values["name"]
+        ports = {"port": self.ports.allocate(), "metrics_port": self.ports.allocate()}
+        config = config_module.build(cls, {"data_dir": directory, **ports, **values})
         directory.mkdir(parents=True, exist_ok=True)
-        config_path = directory / "compute_node.toml"
-        config_path.write_text("[compute_node]\n" + config_module.to_toml(config))
-        return self._instance_of(config, config_path)
+        path = directory / f"{table}.toml"
+        path.write_text(f"[{table}]\n" + config_module.to_toml(config))
+        return config, path
+
+    def _launch_fields(self, config: Any, module: str, config_path: Path) -> dict[str, Any]:
+        """What every process of the cluster is started with."""
+        metrics_url = (
+            f"http://{config.host}:{config.metrics_port}/metrics" if config.metrics_port else ""
+        )
+        return {
+            "name": config.name,
+            "argv": [sys.executable, "-m", module, "--config", str(config_path)],
+            "directory": config.data_dir,
+            "address": f"{config.host}:{config.port}",
+            "env": dict(self.env),
+            "metrics_url": metrics_url,
+        }
 
     def _instance_of(self, config: ComputeNodeConfig, config_path: Path) -> InstanceProcess:
         return InstanceProcess(
-            name=config.name,
-            argv=[sys.executable, "-m", "compute_node", "--config", str(config_path)],
-            directory=config.data_dir,
-            address=f"{config.host}:{config.port}",
-            env=dict(self.env),
-            role=config.role,
-            metrics_url=f"http://{config.host}:{config.metrics_port}/metrics"
-            if config.metrics_port
-            else "",
+            **self._launch_fields(config, "compute_node", config_path), role=config.role
         )
 
     def _process_of(self, config: StorageNodeConfig, config_path: Path) -> StorageNodeProcess:
         return StorageNodeProcess(
-            name=config.name,
-            argv=[sys.executable, "-m", "storage_node", "--config", str(config_path)],
-            directory=config.data_dir,
-            address=f"{config.host}:{config.port}",
-            env=dict(self.env),
-            az=config.az,
-            metrics_url=f"http://{config.host}:{config.metrics_port}/metrics"
-            if config.metrics_port
-            else "",
+            **self._launch_fields(config, "storage_node", config_path), az=config.az
         )
 
     def start(self) -> LocalCluster:
