@@ -8,17 +8,16 @@ endpoint comes with the wire protocol.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import signal
 
 from borealis import rpc
 from borealis.admin import AdminService
 from borealis.errors import AlreadyExists, InvalidRequest
 from borealis.ids import VolumeId
 from borealis.log import get_logger
-from borealis.metrics import Metrics, serve_http
+from borealis.metrics import Metrics
+from borealis.serving import Serving, until_stopped
 from compute_node.config import ComputeNodeConfig
 from compute_node.engine.sessions import Engine
 from compute_node.volume.volume import Volume, VolumeConfig
@@ -59,7 +58,6 @@ class Instance:
         self.metrics = Metrics("borealis_instance")
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         volume = await open_volume(self.config)
         volume.register_metrics(self.metrics)
         engine = await Engine.open(
@@ -69,28 +67,21 @@ class Instance:
 
         server = rpc.server(16 * 2**20)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
-        health = rpc.add_health(server)
-        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        await server.start()
-        metrics_server = None
-        if self.config.metrics_port is not None:
-            metrics_server = await serve_http(
-                self.metrics, self.config.host, self.config.metrics_port
-            )
-        (self.config.data_dir / "address").write_text(f"{self.config.host}:{port}\n")
-        await rpc.set_serving(health, SERVICE_NAMES, True)
-        log.info("instance serving", name=self.config.name, role=self.config.role, port=port)
+        config = self.config
+        serving = await Serving.start(
+            server,
+            SERVICE_NAMES,
+            config.host,
+            config.port,
+            config.data_dir,
+            self.metrics,
+            config.metrics_port,
+        )
+        log.info("instance serving", name=config.name, role=config.role, port=serving.port)
+        await until_stopped()
 
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-
-        log.info("instance stopping", name=self.config.name)
-        await rpc.set_serving(health, SERVICE_NAMES, False)
-        if metrics_server is not None:
-            metrics_server.close()
-        await server.stop(self.config.shutdown_grace_ms / 1000)
+        log.info("instance stopping", name=config.name)
+        await serving.stop(config.shutdown_grace_ms / 1000)
         await engine.close()
         # Whatever was acknowledged is durable already; wait for the rest so a clean
         # stop leaves nothing for the next writer's recovery to truncate.

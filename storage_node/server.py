@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Iterable
 from functools import partial
 
 from borealis import rpc
 from borealis.admin import AdminService
 from borealis.log import get_logger
-from borealis.metrics import Metrics, Sample, serve_http
+from borealis.metrics import Metrics, Sample
+from borealis.serving import Serving, until_stopped
 from proto import admin_pb2_grpc, storage_pb2_grpc
 from storage_node.coalescer import Coalescer
 from storage_node.config import StorageNodeConfig
@@ -118,41 +118,33 @@ class StorageNode:
         admin_tasks["gossip"] = partial(tasks[0].run_now, gossip.run_eager)
         admin = AdminService(self.metrics, admin_tasks)
         admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
-        health = rpc.add_health(server)
-        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        await server.start()
-        address = f"{self.config.host}:{port}"
-        (self.config.data_dir / "address").write_text(address + "\n")
-        await rpc.set_serving(health, SERVICE_NAMES, True)
+        config = self.config
+        serving = await Serving.start(
+            server,
+            SERVICE_NAMES,
+            config.host,
+            config.port,
+            config.data_dir,
+            self.metrics,
+            config.metrics_port,
+        )
         log.info(
             "storage node serving",
-            node=self.config.name,
-            az=self.config.az,
-            address=address,
+            node=config.name,
+            az=config.az,
+            address=f"{config.host}:{serving.port}",
             segments=len(self.store.segments),
         )
-
-        metrics_server = None
-        if self.config.metrics_port is not None:
-            metrics_server = await serve_http(
-                self.metrics, self.config.host, self.config.metrics_port
-            )
         running = [asyncio.create_task(task.loop(), name=task.name) for task in tasks]
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await until_stopped()
 
-        log.info("storage node stopping", node=self.config.name)
-        await rpc.set_serving(health, SERVICE_NAMES, False)
-        if metrics_server is not None:
-            metrics_server.close()
+        log.info("storage node stopping", node=config.name)
+        await serving.stop(config.shutdown_grace_ms / 1000)
         for task in running:
             task.cancel()
         for task in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await server.stop(self.config.shutdown_grace_ms / 1000)
         await peers.close()
         self.writer.stop()
         self.store.close()
