@@ -38,6 +38,7 @@ test-unit: install
 
 bench: install
 	$(BIN)/python bench/storage_append.py --quick
+	$(BIN)/python bench/engine_commit.py --quick
 
 lint: install
 	$(BIN)/ruff check .
