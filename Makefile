@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .borealis
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: install proto up down status test test-unit bench lint soak clean
+.PHONY: install proto up down status test test-unit bench lint clean
 
 install: $(STAMP)
 
@@ -43,10 +43,6 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-
-# The long fault soak; CI runs the bounded form inside `make test`.
-soak: install
-	BOREALIS_SOAK=1 $(BIN)/pytest -q -m fault
 
 clean: down
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info
