@@ -33,7 +33,8 @@ import uvloop  # noqa: E402
 from bench import report  # noqa: E402
 from borealis.ids import VolumeId  # noqa: E402
 from compute_node.engine.sessions import Engine  # noqa: E402
-from compute_node.volume.volume import Volume, VolumeConfig  # noqa: E402
+from compute_node.volume.config import VolumeConfig  # noqa: E402
+from compute_node.volume.volume import Volume  # noqa: E402
 from deploy.local import LocalCluster  # noqa: E402
 from storage_node.segment import Member  # noqa: E402
 

@@ -20,7 +20,8 @@ from borealis.metrics import Metrics
 from borealis.serving import Serving, until_stopped
 from compute_node.config import ComputeNodeConfig
 from compute_node.engine.sessions import Engine
-from compute_node.volume.volume import Volume, VolumeConfig
+from compute_node.volume.config import VolumeConfig
+from compute_node.volume.volume import Volume
 from proto import admin_pb2_grpc
 from storage_node.segment import Member
 

@@ -23,9 +23,11 @@ from borealis.ids import Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.metrics import Metrics
 from borealis.wait import wait_until
 from compute_node.engine import EngineConnection, LockingMode, VolumeVFS, open_connection
+from compute_node.volume.config import VolumeConfig
+from compute_node.volume.recovery import RecordSeen, durable_point
 from compute_node.volume.shipper import ShipperConfig
 from compute_node.volume.topology import Topology
-from compute_node.volume.volume import RecordSeen, Volume, VolumeConfig, durable_point
+from compute_node.volume.volume import Volume
 from deploy.local import LocalCluster
 from storage_node.client import StorageClient
 from tests.support.storage import members

@@ -16,7 +16,8 @@ import pytest
 from borealis.errors import SerializationFailure, sqlstate_of
 from borealis.ids import VolumeId
 from compute_node.engine import Engine
-from compute_node.volume.volume import Volume, VolumeConfig
+from compute_node.volume.config import VolumeConfig
+from compute_node.volume.volume import Volume
 from deploy.local import LocalCluster, pid_alive
 from deploy.ports import PortAllocator
 from storage_node.segment import Member
