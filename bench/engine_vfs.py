@@ -35,7 +35,6 @@ import apsw  # noqa: E402
 
 from bench import report  # noqa: E402
 from borealis import redo  # noqa: E402
-from borealis.redo import PAGE_SIZE_BYTES  # noqa: E402
 from compute_node.engine import (  # noqa: E402
     EngineConnection,
     LockingMode,
@@ -45,6 +44,7 @@ from compute_node.engine import (  # noqa: E402
 )
 from compute_node.engine.diagnostics import CountingVolumeFile, CountingVolumeVFS  # noqa: E402
 from compute_node.engine.memory import MemoryPageSource  # noqa: E402
+from tests.support.reference_diff import reference_diff  # noqa: E402
 
 ROWS = 20_000
 SCHEMA = (
@@ -195,25 +195,6 @@ def measure_timings(count: int, repeats: int) -> dict[str, float]:
 # -- the diff ----------------------------------------------------------------------------
 
 
-def per_byte_diff(old: bytes, new: bytes, gap_bytes_max: int = 8) -> list[tuple[int, bytes]]:
-    """The per-byte loop borealis.redo.diff had before (the baseline)."""
-    ranges: list[tuple[int, bytes]] = []
-    if old == new:
-        return ranges
-    start = -1
-    last_diff = -1
-    for index in range(PAGE_SIZE_BYTES):
-        if old[index] != new[index]:
-            if start < 0:
-                start = index
-            elif index - last_diff > gap_bytes_max:
-                ranges.append((start, new[start : last_diff + 1]))
-                start = index
-            last_diff = index
-    ranges.append((start, new[start : last_diff + 1]))
-    return ranges
-
-
 class PairsFile(VolumeFile):
     """Collects (committed image, new image) of every page a commit diffs."""
 
@@ -274,7 +255,7 @@ def measure_diff(updates: int, repeats: int) -> dict[str, float]:
         results[f"diff_{label}_pages"] = len(pairs)
         results[f"diff_{label}_changed_bytes_median"] = statistics.median(changed)
         results[f"diff_{label}_per_byte_loop_us"] = round(
-            diff_us_per_page(per_byte_diff, pairs, max(2, repeats // 3)), 2
+            diff_us_per_page(reference_diff, pairs, max(2, repeats // 3)), 2
         )
         results[f"diff_{label}_fast_us"] = round(diff_us_per_page(redo.diff, pairs, repeats), 2)
     return results

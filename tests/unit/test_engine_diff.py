@@ -17,29 +17,11 @@ from borealis import redo
 from borealis.redo import DIFF_CHUNK_BYTES, PAGE_SIZE_BYTES
 from compute_node.engine import LockingMode, VolumeFile, VolumeVFS, open_connection
 from compute_node.engine.memory import MemoryPageSource
+from tests.support.reference_diff import reference_diff
 
 pytestmark = pytest.mark.unit
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def reference_diff(old: bytes, new: bytes, gap_bytes_max: int = 8) -> list[tuple[int, bytes]]:
-    """The original per-byte loop: the semantics the fast diff must keep."""
-    ranges: list[tuple[int, bytes]] = []
-    if old == new:
-        return ranges
-    start = -1
-    last_diff = -1
-    for index in range(PAGE_SIZE_BYTES):
-        if old[index] != new[index]:
-            if start < 0:
-                start = index
-            elif index - last_diff > gap_bytes_max:
-                ranges.append((start, new[start : last_diff + 1]))
-                start = index
-            last_diff = index
-    ranges.append((start, new[start : last_diff + 1]))
-    return ranges
 
 
 # Offsets that stress the chunking: chunk edges and their neighbours.
