@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .borealis
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: install proto up down status test test-unit bench lint clean
+.PHONY: install system-deps proto up down status test test-unit bench lint clean
+# Debian packages the tests and benchmarks drive: psql (postgresql-client-15), pgbench
+# and a PostgreSQL 15 server to compare with (postgresql-15). Installed when missing.
+PG_BIN := /usr/lib/postgresql/15/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
@@ -16,6 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(MAKE) --no-print-directory proto
 	touch $(STAMP)
+
+system-deps:
+	@if ! command -v psql >/dev/null || ! test -x $(PG_BIN)/pgbench || ! test -x $(PG_BIN)/postgres; then \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y postgresql-client-15 postgresql-15; \
+	fi
 
 # Regenerates the protobuf and gRPC modules next to their .proto files.
 proto:
@@ -30,13 +40,13 @@ down:
 status: install
 	$(BIN)/borealis status --data-dir $(DATA_DIR)
 
-test: install
+test: install system-deps
 	$(BIN)/pytest -q
 
 test-unit: install
 	$(BIN)/pytest -q -m unit
 
-bench: install
+bench: install system-deps
 	$(BIN)/python bench/storage_append.py --quick
 	$(BIN)/python bench/engine_commit.py --quick
 

@@ -67,6 +67,34 @@ class TransactionAborted(InvalidRequest):
     back) ends it (PostgreSQL's in_failed_sql_transaction)."""
 
 
+class SqlError(BorealisError):
+    """A statement PostgreSQL would refuse, with its own SQLSTATE (42601 syntax,
+    23505 unique violation, 0A000 not supported, 57014 cancelled, ...) and, when
+    known, the 1-based character position in the statement text."""
+
+    def __init__(
+        self,
+        message: str,
+        sqlstate: str,
+        *,
+        position: int | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+        **context: Any,
+    ) -> None:
+        assert len(sqlstate) == 5, sqlstate
+        super().__init__(message, **context)
+        self.sqlstate = sqlstate
+        self.position = position
+        self.detail = detail
+        self.hint = hint
+
+
+class QueryCanceled(BorealisError):
+    """The running statement was cancelled on the client's request (PostgreSQL's
+    CancelRequest)."""
+
+
 class ResourceExhausted(BorealisError):
     """A bounded queue or store is full; retry later."""
 
@@ -84,6 +112,8 @@ class FailpointError(BorealisError):
 # which must come before their bases.
 ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (TransactionAborted, grpc.StatusCode.INVALID_ARGUMENT, "25P02"),
+    # The SQLSTATE is the error's own (SqlError.sqlstate); this one is a fallback.
+    (SqlError, grpc.StatusCode.INVALID_ARGUMENT, "42000"),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "22000"),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),
@@ -92,6 +122,7 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (SnapshotTooOld, grpc.StatusCode.OUT_OF_RANGE, "72000"),
     (VersionGone, grpc.StatusCode.OUT_OF_RANGE, "72000"),
     (SerializationFailure, grpc.StatusCode.ABORTED, "40001"),
+    (QueryCanceled, grpc.StatusCode.CANCELLED, "57014"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "53000"),
     (Corruption, grpc.StatusCode.DATA_LOSS, "XX001"),
     (FailpointError, grpc.StatusCode.INTERNAL, "XX000"),
@@ -111,6 +142,8 @@ def grpc_status_of(error: BorealisError) -> grpc.StatusCode:
 
 
 def sqlstate_of(error: BorealisError) -> str:
+    if isinstance(error, SqlError):
+        return error.sqlstate
     for kind, _, sqlstate in ERROR_TABLE:
         if isinstance(error, kind):
             return sqlstate

@@ -19,6 +19,17 @@ class ComputeNodeConfig:
     port: int = 0
     # HTTP port serving GET /metrics (Prometheus text); None: not served.
     metrics_port: int | None = None
+    # The PostgreSQL endpoint (0: any free port).
+    pg_port: int = 0
+    # The database name clients connect to (the one database of the volume).
+    database: str = "borealis"
+    # JSON file {user: SCRAM-SHA-256 verifier}, written by the launcher (mode 0600).
+    users_file: Path | None = None
+    pg_connections_max: int = 200
+    # A Query or Parse message with a longer statement gets SQLSTATE 54000.
+    pg_statement_bytes_max: int = 2**20
+    # Translated statement shapes kept (LRU).
+    statement_cache_entries: int = 4096
     volume_id: int = 1
     # Pages per protection group; fixed when the volume is created.
     pages_per_pg: int = 65536
@@ -38,6 +49,14 @@ class ComputeNodeConfig:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         if not self.name:
             raise ValueError("name must not be empty")
-        for field_name in ("pages_per_pg", "buffer_cache_bytes", "reader_connections", "lal_lsns"):
+        for field_name in (
+            "pages_per_pg",
+            "buffer_cache_bytes",
+            "reader_connections",
+            "lal_lsns",
+            "pg_connections_max",
+            "pg_statement_bytes_max",
+            "statement_cache_entries",
+        ):
             if getattr(self, field_name) <= 0:
                 raise ValueError(f"{field_name} must be positive")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,6 +33,11 @@ T = TypeVar("T")
 
 AZS = ("az-a", "az-b", "az-c")
 CLUSTER_FILE = "cluster.json"
+# The admin user `up` creates, and the one database of the volume.
+ADMIN_USER = "borealis"
+DATABASE = "borealis"
+PASSWORD_FILE = "password"
+USERS_FILE = "users.json"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +180,34 @@ class InstanceProcess(NodeProcess):
 
     role: str = "writer"
     metrics_url: str = ""
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 0
+
+    def url(self, user: str = ADMIN_USER, database: str = DATABASE) -> str:
+        """The instance's PostgreSQL endpoint, without a password."""
+        return f"postgresql://{user}@{self.pg_host}:{self.pg_port}/{database}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner may read (created with mode 0600, never wider)."""
+    descriptor = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    path.with_suffix(".tmp").replace(path)
+
+
+def ensure_credentials(data_dir: Path) -> None:
+    """Creates the admin user with a generated password on first start: the
+    password in DIR/password, its SCRAM verifier (never the password) in
+    DIR/users.json, both mode 0600."""
+    from borealis.pgwire.scram import make_verifier
+
+    users = data_dir / USERS_FILE
+    if users.exists():
+        return
+    password = secrets.token_urlsafe(18)
+    _write_private(data_dir / PASSWORD_FILE, password + "\n")
+    _write_private(users, json.dumps({ADMIN_USER: make_verifier(password)}, indent=2) + "\n")
 
 
 class LocalCluster:
@@ -211,6 +245,9 @@ class LocalCluster:
             "name": name,
             "role": role,
             "cluster_file": self.data_dir / CLUSTER_FILE,
+            "users_file": self.data_dir / USERS_FILE,
+            "database": DATABASE,
+            "pg_port": self.ports.allocate(),
             **self.instance_overrides,
         }
         config, path = self._write_config(ComputeNodeConfig, "compute_node", values)
@@ -242,7 +279,10 @@ class LocalCluster:
 
     def _instance_of(self, config: ComputeNodeConfig, config_path: Path) -> InstanceProcess:
         return InstanceProcess(
-            **self._launch_fields(config, "compute_node", config_path), role=config.role
+            **self._launch_fields(config, "compute_node", config_path),
+            role=config.role,
+            pg_host=config.host,
+            pg_port=config.pg_port,
         )
 
     def _process_of(self, config: StorageNodeConfig, config_path: Path) -> StorageNodeProcess:
@@ -254,6 +294,7 @@ class LocalCluster:
         """Starts every process that is not running (all of them the first time):
         the storage nodes, then (once cluster.json names them) the instances."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_credentials(self.data_dir)
         if not self.storage_nodes:
             self.storage_nodes = [
                 self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
@@ -320,14 +361,37 @@ class LocalCluster:
                     "state": instance.state,
                     "directory": str(instance.directory),
                     "log": str(instance.log_path),
+                    "endpoint": instance.url(),
                 }
                 for instance in self.instances
             ],
-            "endpoints": {},
+            "endpoints": self.endpoints(),
+            "user": ADMIN_USER,
+            "database": DATABASE,
+            "password_file": str(self.data_dir / PASSWORD_FILE),
         }
         path = self.data_dir / CLUSTER_FILE
         path.with_suffix(".tmp").write_text(json.dumps(document, indent=2) + "\n")
         path.with_suffix(".tmp").replace(path)
+
+    def endpoints(self) -> dict[str, Any]:
+        """PostgreSQL URLs: `writer` (the current writer) and one per instance."""
+        endpoints: dict[str, Any] = {}
+        for instance in self.instances:
+            if instance.role == "writer":
+                endpoints["writer"] = instance.url()
+        endpoints["instances"] = {instance.name: instance.url() for instance in self.instances}
+        return endpoints
+
+    @property
+    def password(self) -> str:
+        return (self.data_dir / PASSWORD_FILE).read_text().strip()
+
+    def writer(self) -> InstanceProcess:
+        for instance in self.instances:
+            if instance.role == "writer":
+                return instance
+        raise NotFound("the cluster has no writer instance")
 
     @classmethod
     def reopen(cls, data_dir: Path, env: dict[str, str] | None = None) -> LocalCluster:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from borealis import rpc
+from borealis.cli import sql
 from borealis.errors import BorealisError, NotFound, Unavailable
 from borealis.wait import wait_until
 from deploy.local import REPO_ROOT, pid_alive, read_cluster_file
@@ -102,7 +103,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             process.terminate()
         return 1
     print(f"cluster up in {data_dir}")
-    return print_status(data_dir, as_json=False)
+    status = print_status(data_dir, as_json=False)
+    print_connect_hint(data_dir)
+    return status
+
+
+def print_connect_hint(data_dir: Path) -> None:
+    """How to connect, as `up` prints it: the bundled client and psql."""
+    document = read_cluster_file(data_dir)
+    writer = document.get("endpoints", {}).get("writer")
+    if not writer:
+        return
+    password_file = document["password_file"]
+    data_option = "" if data_dir == DEFAULT_DATA_DIR.resolve() else f" --data-dir {data_dir}"
+    print()
+    print(f"writer endpoint: {writer}  (password in {password_file}, mode 0600)")
+    print(f"connect:  borealis sql{data_option}")
+    print(f'    or:   PGPASSWORD="$(cat {password_file})" psql {writer}')
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -170,7 +187,7 @@ def print_status(data_dir: Path, as_json: bool) -> int:
             shown = str(node["segments"]) if node["segments"] >= 0 else "-"
             print(_row(node, "storage", node["az"]) + f" {shown:>8}")
         for instance in document["instances"]:
-            print(_row(instance, instance["role"], "-"))
+            print(_row(instance, instance["role"], "-") + f"  {instance.get('endpoint', '')}")
     processes = [*document["storage_nodes"], *document["instances"]]
     return 0 if all(process["health"] == "SERVING" for process in processes) else 1
 
@@ -223,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     status.add_argument("--json", action="store_true", help="cluster.json with live health")
     status.set_defaults(run=cmd_status)
+
+    sql.add_parser(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ import apsw
 
 from borealis.errors import SerializationFailure
 from borealis.redo import PAGE_SIZE_BYTES
+from compute_node.engine import functions
 from compute_node.engine.vfs import URI_CONNECTION_PARAMETER, VolumeFile, VolumeVFS
 
 CACHE_PAGES_DEFAULT = 2000
@@ -104,8 +105,12 @@ def _configure(
     journal_mode = sqlite.pragma("journal_mode", "MEMORY")
     assert journal_mode == "memory", journal_mode
     sqlite.pragma("temp_store", "MEMORY")
+    # Enforced as PostgreSQL enforces them (SQLite's default is off).
+    sqlite.pragma("foreign_keys", True)
     sqlite.pragma("synchronous", "OFF")
     sqlite.pragma("cache_size", cache_pages)
     mode = sqlite.pragma("locking_mode", locking_mode.value)
     assert mode == locking_mode.value.lower(), mode
     sqlite.set_busy_timeout(busy_timeout_ms)
+    # PostgreSQL's catalog tables and functions, for the SQL front's translations.
+    functions.register(sqlite)

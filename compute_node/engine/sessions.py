@@ -73,6 +73,7 @@ import apsw
 from borealis.errors import (
     BorealisError,
     InvalidRequest,
+    QueryCanceled,
     SerializationFailure,
     TransactionAborted,
 )
@@ -83,6 +84,7 @@ from compute_node.engine.connection import (
     LockingMode,
     open_connection,
 )
+from compute_node.engine.functions import SessionValues, session_values
 from compute_node.engine.source import PageSource
 from compute_node.engine.vfs import VERSIONS_BYTES_MAX_DEFAULT, VolumeFile, VolumeVFS
 
@@ -246,6 +248,9 @@ class _Connection:
         self.file: VolumeFile = connection.file
         self.cursor = connection.sqlite.cursor()
         self._lsn_newest = state_newest
+        # What the catalog functions (current_user, current_setting) read: the
+        # values of the session whose job runs, set before each job.
+        self._function_values = session_values(connection.sqlite)
         # Set when the connection's state is unknown (a ROLLBACK failed): the
         # worker closes it, which ends any transaction, and opens a new one.
         self.reopen = False
@@ -285,6 +290,14 @@ class _Connection:
             result, error = None, StatementError("a pipelined statement opened a transaction")
         return self._outcome(result, error)
 
+    def use_values(self, values: SessionValues) -> None:
+        target = self._function_values
+        target.user = values.user
+        target.database = values.database
+        target.backend_pid = values.backend_pid
+        # The session's own dict: set_config() changes it in place.
+        target.settings = values.settings
+
     def commit(self, sql: str) -> _Outcome:
         """Runs a COMMIT; if it failed and left the transaction open (SQLITE_BUSY),
         rolls back: a failed COMMIT ends the transaction, as in PostgreSQL."""
@@ -311,6 +324,8 @@ class _Connection:
     def _map_error(self, error: BaseException) -> BaseException:
         if isinstance(error, apsw.ReadOnlyError) and not self.file.writable:
             return _ReadOnly()
+        if isinstance(error, apsw.InterruptError):
+            return QueryCanceled("canceling statement due to user request")
         if isinstance(error, apsw.BusyError):
             failure = self.connection.serialization_failure(error)
             if failure is not None:
@@ -417,18 +432,33 @@ class _Worker:
         self._loop = loop
         self._on_settled = on_settled
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # The session whose job runs on the thread now, and the connection it runs
+        # on, for interrupt(); both change only under the lock.
+        self._running_lock = threading.Lock()
+        self._running: Session | None = None
+        self._running_sqlite: apsw.Connection | None = None
         self._stopped: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.thread_id = self._thread.ident
 
-    def submit(self, job: Callable[[_Connection], T]) -> asyncio.Future[T]:
-        """Queues `job`; its future. A job runs to its end even if the future's
-        awaiter is cancelled (see Session._abandon)."""
+    def submit(
+        self, job: Callable[[_Connection], T], session: Session | None = None
+    ) -> asyncio.Future[T]:
+        """Queues `job` (a statement of `session`, if given); its future. A job runs
+        to its end even if the future's awaiter is cancelled (see Session._abandon)."""
         future: asyncio.Future[T] = self._loop.create_future()
         self.jobs_queued += 1
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, session))
         return future
+
+    def interrupt(self, session: Session) -> None:
+        """Interrupts the statement running on the thread if it is `session`'s.
+        Callable from any thread. SQLite clears an interrupt once no statement
+        runs, so a later job of another session is never hit by it."""
+        with self._running_lock:
+            if self._running is session and self._running_sqlite is not None:
+                self._running_sqlite.interrupt()
 
     async def stop(self) -> None:
         self._jobs.put(None)
@@ -463,12 +493,23 @@ class _Worker:
         jobs = self._jobs
         settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         while (item := jobs.get()) is not None:
-            job, future = item
+            job, future, session = item
             try:
                 if connection is None:
                     assert open_error is not None
                     raise open_error
-                settled.append((future, job(connection), None))
+                if session is not None:
+                    if session.cancel_requested:
+                        raise QueryCanceled("canceling statement due to user request")
+                    if session.values is not None:
+                        connection.use_values(session.values)
+                with self._running_lock:
+                    self._running, self._running_sqlite = session, connection.sqlite
+                try:
+                    settled.append((future, job(connection), None))
+                finally:
+                    with self._running_lock:
+                        self._running = self._running_sqlite = None
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 settled.append((future, None, error))
             if connection is not None and (connection.reopen or connection.file.broken):
@@ -492,7 +533,7 @@ class _Worker:
         self._loop.call_soon_threadsafe(self._stopped.set_result, None)
 
 
-_Job = tuple[Callable[[_Connection], Any], "asyncio.Future[Any]"]
+_Job = tuple[Callable[[_Connection], Any], "asyncio.Future[Any]", "Session | None"]
 
 
 @dataclass(slots=True)
@@ -722,6 +763,14 @@ class Session:
         # The read point of the session's transaction on a reader, once it read.
         self._read_point: Lsn | None = None
         self._closed = False
+        # The worker the session's current statement is queued on, for cancel().
+        self._statement_worker: _Worker | None = None
+        # Set by cancel(), read by the worker thread before it starts a job of this
+        # session, cleared when the next statement starts.
+        self.cancel_requested = False
+        # The session's user, database and settings for the catalog functions (set
+        # by the PostgreSQL layer; None leaves the connection's as they are).
+        self.values: SessionValues | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -743,6 +792,15 @@ class Session:
         # Materialised here: the worker thread must not run the caller's generator.
         return await self._statement(sql, list(seq_of_params), many=True)
 
+    def cancel(self) -> None:
+        """Stops the session's running statement (queued or running), which then
+        raises QueryCanceled; does nothing when no statement runs."""
+        worker = self._statement_worker
+        if worker is None:
+            return
+        self.cancel_requested = True
+        worker.interrupt(self)
+
     async def close(self) -> None:
         """Rolls back an open transaction and gives its connection back."""
         async with self._lock:
@@ -758,6 +816,7 @@ class Session:
 
     async def _statement(self, sql: str, params: Params | list[Params], many: bool) -> Result:
         async with self._lock:
+            self.cancel_requested = False
             if self._closed or self._engine._closed:
                 raise InvalidRequest("the session is closed")
             kind = kind_of(sql)
@@ -833,9 +892,14 @@ class Session:
         self, worker: _Worker, sql: str, params: Params | list[Params], many: bool
     ) -> _Outcome:
         self._count(worker)
-        return await worker.submit(
-            lambda connection: connection.run(sql, params, many=many, autocommit=True)
-        )
+        self._statement_worker = worker
+        try:
+            return await worker.submit(
+                lambda connection: connection.run(sql, params, many=many, autocommit=True),
+                self,
+            )
+        finally:
+            self._statement_worker = None
 
     async def _in_transaction(
         self, sql: str, params: Params | list[Params], many: bool, read: bool
@@ -892,12 +956,17 @@ class Session:
         read_point: Lsn | None = None,
     ) -> _Outcome:
         self._count(worker)
-        outcome = await self._call(
-            worker,
-            lambda connection: connection.run(
-                sql, params, many=many, begin=begin, read_point=read_point
-            ),
-        )
+        self._statement_worker = worker
+        try:
+            outcome = await self._call(
+                worker,
+                lambda connection: connection.run(
+                    sql, params, many=many, begin=begin, read_point=read_point
+                ),
+                self,
+            )
+        finally:
+            self._statement_worker = None
         if not worker.writer and outcome.in_transaction and outcome.read_point is not None:
             self._read_point = outcome.read_point
         return outcome
@@ -951,10 +1020,13 @@ class Session:
             assert worker.owner is self
             self._engine._give_back(worker)
 
-    async def _call(self, worker: _Worker, job: Callable[[_Connection], T]) -> T:
-        """Runs a job on the connection this session holds."""
+    async def _call(
+        self, worker: _Worker, job: Callable[[_Connection], T], session: Session | None = None
+    ) -> T:
+        """Runs a job on the connection this session holds (a cancellable statement
+        of `session`, if given)."""
         assert worker.owner is self
-        future = worker.submit(job)
+        future = worker.submit(job, session)
         try:
             return await future
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ import apsw
 import pytest
 
 from borealis.errors import (
+    QueryCanceled,
     SerializationFailure,
     SnapshotTooOld,
     TransactionAborted,
@@ -546,6 +547,46 @@ def test_a_cancelled_statement_fails_its_transaction_and_frees_the_writer() -> N
         await first.execute("ROLLBACK")
         await second.execute("INSERT INTO t VALUES(1, 'y')")
         assert (await second.execute("SELECT count(*) FROM t")).rows == [(1,)]
+        await engine.close()
+
+    run(test)
+
+
+SLOW_COUNT = (
+    "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 100000000)"
+    " SELECT count(*) FROM s"
+)
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_cancel_interrupts_the_running_statement_and_the_session_goes_on(
+    in_transaction: bool,
+) -> None:
+    async def test() -> None:
+        engine, _, _ = await open_engine()
+        session, other = engine.session(), engine.session()
+        if in_transaction:
+            await session.execute("BEGIN")
+        statement = asyncio.create_task(session.execute(SLOW_COUNT))
+        # Running on the thread, not just queued: the interrupt path.
+        await eventually(
+            lambda: (
+                session._statement_worker is not None
+                and session._statement_worker._running is session
+            )
+        )
+        session.cancel()
+        with pytest.raises(QueryCanceled):
+            await statement
+        assert sqlstate_of(QueryCanceled("x")) == "57014"
+        if in_transaction:
+            assert session.transaction_failed
+            await session.execute("ROLLBACK")
+        assert (await session.execute("SELECT 1")).rows == [(1,)]
+        # Another session's statements are not touched by the cancel.
+        assert (await other.execute("SELECT 2")).rows == [(2,)]
+        session.cancel()  # nothing runs: a no-op
+        assert (await session.execute("SELECT 3")).rows == [(3,)]
         await engine.close()
 
     run(test)
