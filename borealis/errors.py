@@ -67,7 +67,7 @@ class TransactionAborted(InvalidRequest):
     back) ends it (PostgreSQL's in_failed_sql_transaction)."""
 
 
-class SqlError(BorealisError):
+class SqlError(InvalidRequest):
     """A statement PostgreSQL would refuse, with its own SQLSTATE (42601 syntax,
     23505 unique violation, 0A000 not supported, 57014 cancelled, ...) and, when
     known, the 1-based character position in the statement text."""
@@ -75,7 +75,7 @@ class SqlError(BorealisError):
     def __init__(
         self,
         message: str,
-        sqlstate: str,
+        sqlstate: str = "42000",
         *,
         position: int | None = None,
         detail: str | None = None,
@@ -112,7 +112,7 @@ class FailpointError(BorealisError):
 # which must come before their bases.
 ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (TransactionAborted, grpc.StatusCode.INVALID_ARGUMENT, "25P02"),
-    # The SQLSTATE is the error's own (SqlError.sqlstate); this one is a fallback.
+    # The SQLSTATE is the error's own (SqlError.sqlstate); this one is its default.
     (SqlError, grpc.StatusCode.INVALID_ARGUMENT, "42000"),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "22000"),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),

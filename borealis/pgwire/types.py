@@ -72,6 +72,11 @@ ARRAY_ELEMENT: dict[int, PgType] = {each.array_oid: each for each in TYPES if ea
 def oid_of(name: str) -> int:
     """The OID of a canonical type name ("int4", "text", ...); unknown names are text."""
     found = BY_NAME.get(name)
+    if found is None and name.startswith("_"):
+        # An array type by its pg_type name ("_text"): the element's array OID.
+        element = BY_NAME.get(name[1:])
+        if element is not None and element.array_oid:
+            return element.array_oid
     return found.oid if found is not None else BY_NAME["text"].oid
 
 
@@ -121,6 +126,8 @@ _INT_STRUCTS: dict[int, struct.Struct] = {
     2206: struct.Struct("!I"),
 }
 _FLOAT4 = struct.Struct("!f")
+_FLOAT4_MAX = 3.4028234663852886e38
+_FLOAT4_ROUNDS_TO_MAX = 2.0**128 - 2.0**103
 _FLOAT8 = struct.Struct("!d")
 _INT32 = struct.Struct("!i")
 _INT64 = struct.Struct("!q")
@@ -182,6 +189,17 @@ def parse_float(text: str, type_name: str = "double precision") -> float:
         return float(stripped)
     except ValueError:
         raise _invalid(type_name, text) from None
+
+
+def _single(value: float) -> float:
+    """A float4 value holds what a float32 can: round as PostgreSQL's float4in does."""
+    try:
+        return float(_FLOAT4.unpack(_FLOAT4.pack(value))[0])
+    except OverflowError:
+        # struct refuses values past the float4 maximum that still round to it.
+        if abs(value) < _FLOAT4_ROUNDS_TO_MAX:
+            return math.copysign(_FLOAT4_MAX, value)
+        raise _out_of_range("real") from None
 
 
 def parse_numeric(text: str) -> Decimal:
@@ -338,13 +356,10 @@ def float4_text(value: float) -> str:
     """PostgreSQL's float4out: shortest digits that read back as the same float4."""
     if value != value or value in (math.inf, -math.inf):
         return float_text(value)
-    try:
-        single = _FLOAT4.unpack(_FLOAT4.pack(value))[0]
-    except OverflowError:
-        raise _out_of_range("real") from None
+    single = _single(value)
     for precision in range(1, 10):
         candidate = f"{single:.{precision}g}"
-        if _FLOAT4.unpack(_FLOAT4.pack(float(candidate)))[0] == single:
+        if abs(float(candidate)) < _FLOAT4_ROUNDS_TO_MAX and _single(float(candidate)) == single:
             return _shortest_to_postgres(repr(float(candidate)), 6)
     raise AssertionError("9 significant digits always round-trip a float4")
 
@@ -531,7 +546,7 @@ _TEXT_DECODERS: dict[int, Callable[[str], Any]] = {
     23: lambda text: parse_int(text, 23),
     26: lambda text: parse_int(text, 26),
     114: lambda text: parse_json(text, "json"),
-    700: lambda text: parse_float(text, "real"),
+    700: lambda text: _single(parse_float(text, "real")),
     701: parse_float,
     1082: lambda text: parse_date(text).isoformat(),
     1114: _decode_timestamp_text,
@@ -738,10 +753,7 @@ def _encode_float8_binary(value: Any) -> bytes:
 
 
 def _encode_float4_binary(value: Any) -> bytes:
-    try:
-        return _FLOAT4.pack(_as_float(value, "real"))
-    except OverflowError:
-        raise _out_of_range("real") from None
+    return _FLOAT4.pack(_single(_as_float(value, "real")))
 
 
 def _encode_numeric_text(value: Any) -> bytes:

@@ -8,7 +8,9 @@
   with PostgreSQL type names, so a result column's declared type says its type;
 - generate_series(start, stop[, step]) as a table-valued function;
 - the scalar functions clients call (version(), current_setting(), format_type(),
-  regclass(), pg_regex_match(), ...).
+  regclass(), pg_regex_match(), ...);
+- the aggregates array_agg (PostgreSQL's array text form, '{a,"b c"}'), bool_and
+  and bool_or; SQLite's `agg(x ORDER BY y)` orders what they see.
 
 Session values. A connection is shared by sessions, but runs one job of one
 session at a time. Before each job the session layer sets the values its
@@ -41,6 +43,7 @@ VERSION_TEXT = (
     "compiled by gcc, 64-bit"
 )
 REGEX_CACHE_MAX = 256
+ARRAY_AGG_ELEMENTS_MAX = 1_000_000
 GENERATE_SERIES_ROWS_MAX = 100_000_000
 
 
@@ -111,13 +114,12 @@ def _read_indexes(connection: apsw.Connection, table: str) -> tuple[Index, ...]:
         (table,),
     ).fetchall()
     for index, unique, origin, partial, sql in listed:
-        columns = tuple(
-            column
-            for (column,) in connection.execute(
-                "SELECT name FROM pragma_index_info(?) ORDER BY seqno", (index,)
-            )
-        )
-        indexes.append(Index(index, bool(unique), origin, columns, bool(partial), sql))
+        keys = connection.execute(
+            'SELECT name, "desc" FROM pragma_index_xinfo(?) WHERE key ORDER BY seqno', (index,)
+        ).fetchall()
+        columns = tuple(column for column, _ in keys)
+        descending = tuple(bool(flag) for _, flag in keys)
+        indexes.append(Index(index, bool(unique), origin, columns, bool(partial), sql, descending))
     return tuple(indexes)
 
 
@@ -254,6 +256,8 @@ def register(connection: apsw.Connection) -> None:
     for name, (function, arity, deterministic) in _functions(connection, cache).items():
         for count in arity:
             connection.create_scalar_function(name, function, count, deterministic=deterministic)
+    for name, factory in _AGGREGATES.items():
+        connection.create_aggregate_function(name, factory, 1)
 
 
 def _functions(
@@ -567,3 +571,66 @@ def _python_regex(pattern: str) -> str:
     for name, replacement in _CLASSES.items():
         pattern = pattern.replace(name, replacement)
     return pattern.replace(r"\m", r"\b").replace(r"\M", r"\b").replace(r"\y", r"\b")
+
+
+# Aggregates. apsw calls a factory per group: (context, step, final).
+
+
+def _array_agg() -> tuple[list[Any], Callable[..., None], Callable[..., str | None]]:
+    """array_agg(value): PostgreSQL's text form of the array of the group's values,
+    NULL for no rows (as PostgreSQL)."""
+    elements: list[Any] = []
+
+    def step(context: list[Any], value: Any) -> None:
+        if len(context) >= ARRAY_AGG_ELEMENTS_MAX:
+            raise SqlError("array_agg: too many elements", "54000")
+        context.append(value)
+
+    def final(context: list[Any]) -> str | None:
+        return array_text(context) if context else None
+
+    return elements, step, final
+
+
+def array_text(elements: list[Any]) -> str:
+    """The text form of a one-dimensional PostgreSQL array: elements that are empty,
+    NULL-like or hold a delimiter, brace, quote, backslash or space are quoted."""
+    return "{" + ",".join(_array_element_text(each) for each in elements) + "}"
+
+
+_ARRAY_QUOTE_NEEDED = re.compile(r'[{}",\\\s]')
+
+
+def _array_element_text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    if text == "" or text.upper() == "NULL" or _ARRAY_QUOTE_NEEDED.search(text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _bool_aggregate(
+    combine: Callable[[bool, bool], bool],
+) -> Callable[[], tuple[list[bool], Callable[..., None], Callable[..., int | None]]]:
+    """bool_and / bool_or: NULL inputs are skipped; no non-NULL input gives NULL."""
+
+    def factory() -> tuple[list[bool], Callable[..., None], Callable[..., int | None]]:
+        def step(context: list[bool], value: Any) -> None:
+            if value is None:
+                return
+            context[:] = [combine(context[0], bool(value))] if context else [bool(value)]
+
+        def final(context: list[bool]) -> int | None:
+            return (1 if context[0] else 0) if context else None
+
+        return [], step, final
+
+    return factory
+
+
+_AGGREGATES: dict[str, Callable[[], tuple[Any, Callable[..., None], Callable[..., Any]]]] = {
+    "array_agg": _array_agg,
+    "bool_and": _bool_aggregate(lambda left, right: left and right),
+    "bool_or": _bool_aggregate(lambda left, right: left or right),
+}

@@ -14,9 +14,16 @@ Rules where SQLite and PostgreSQL differ (documented choices):
 - Primary key: SQLite's own primary key, or a unique index named `<table>_pkey`
   (what ALTER TABLE ADD PRIMARY KEY becomes), is the primary key. Its index reads
   as `<table>_pkey` and its columns as NOT NULL.
-- UNIQUE in a table definition (SQLite's autoindex of origin 'u') reads as the
-  constraint `<table>_<columns>_key`; a CREATE UNIQUE INDEX is only an index, as
-  in PostgreSQL.
+- UNIQUE in a table definition (SQLite's autoindex of origin 'u') reads as a
+  constraint; a CREATE UNIQUE INDEX is only an index, as in PostgreSQL.
+- Constraint names: SQLite keeps none in its pragmas, but the translator writes
+  every primary key, UNIQUE and REFERENCES as `CONSTRAINT "name" ...` into the
+  table's SQL (compute_node/sql/ddl.py), so the names are read from there; a
+  constraint without one reads as PostgreSQL's default (`<table>_pkey`,
+  `<table>_<columns>_key`, `<table>_<columns>_fkey`).
+- Triggers: PostgreSQL implements a foreign key with triggers on both tables, so a
+  table that has or is referenced by a foreign key has relhastriggers (psql shows
+  its foreign key footers only then); pg_trigger itself stays empty.
 - Serial columns: an INTEGER PRIMARY KEY column of a table created with
   AUTOINCREMENT (what the translator emits for SERIAL/BIGSERIAL) reads with the
   default `nextval('<table>_<column>_seq'::regclass)` and has a sequence in
@@ -25,6 +32,7 @@ Rules where SQLite and PostgreSQL differ (documented choices):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -76,6 +84,8 @@ class Index:
     """Key columns in order; None for an expression."""
     partial: bool
     sql: str | None
+    descending: tuple[bool, ...] = ()
+    """Per key column: DESC (pragma index_xinfo); empty when all ascending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +216,12 @@ class _Key:
     """'p' or 'u' when the index backs a constraint, else None."""
     partial: bool
     sql: str | None
+    descending: tuple[bool, ...] = ()
+
+    @property
+    def predicate(self) -> str | None:
+        """The WHERE of a partial index as written (see `index_predicate`)."""
+        return index_predicate(self.sql) if self.partial and self.sql else None
 
 
 @dataclass(slots=True)
@@ -266,8 +282,10 @@ class Catalog:
         for key in self.keys.get(table.name, ()):
             if key.constraint is not None:
                 found.append((key.name, key.constraint, key.columns, key))
+        named = constraint_names(table.sql)
         for foreign in table.foreign_keys:
-            name = f"{table.name}_{'_'.join(foreign.columns)}_fkey"
+            default = f"{table.name}_{'_'.join(foreign.columns)}_fkey"
+            name = named.get(("f", _folded(foreign.columns)), default)
             found.append((name, "f", foreign.columns, foreign))
         return found
 
@@ -296,6 +314,16 @@ class Catalog:
             return None
         return _default_expression(column)
 
+    def foreign_key_tables(self) -> frozenset[str]:
+        """The tables that have or are referenced by a foreign key (PostgreSQL puts
+        the triggers that check it on both)."""
+        return frozenset(
+            name
+            for table in self.tables
+            if table.foreign_keys
+            for name in (table.name, *(each.referenced_table for each in table.foreign_keys))
+        )
+
     def primary_key_columns(self, table_name: str) -> tuple[str | None, ...]:
         for key in self.keys.get(table_name, ()):
             if key.primary:
@@ -321,9 +349,18 @@ class Catalog:
         table = (
             f"public.{quote_ident(key.table.name)}" if qualified else quote_ident(key.table.name)
         )
-        columns = ", ".join(quote_ident(each or "expression") for each in key.columns)
+        columns = ", ".join(
+            quote_ident(each or "expression") + (" DESC" if _descending(key, number) else "")
+            for number, each in enumerate(key.columns)
+        )
         unique = "UNIQUE " if key.unique else ""
-        return f"CREATE {unique}INDEX {quote_ident(key.name)} ON {table} USING btree ({columns})"
+        text = f"CREATE {unique}INDEX {quote_ident(key.name)} ON {table} USING btree ({columns})"
+        predicate = key.predicate
+        if predicate is not None:
+            # PostgreSQL deparses the predicate; the text as written stands in for it,
+            # in parentheses unless pretty (as pg_get_indexdef(oid, 0, true) prints).
+            text += f" WHERE {predicate}" if not qualified else f" WHERE ({predicate})"
+        return text
 
     def constraint_definition(self, contype: str, detail: Any) -> str:
         if contype in ("p", "u"):
@@ -372,16 +409,19 @@ def _keys_of(table: Table) -> tuple[_Key, ...]:
         for each in sorted(table.columns, key=lambda c: c.primary_key_position)
         if each.primary_key_position
     )
+    named = constraint_names(table.sql)
     has_pkey_index = any(each.name == f"{table.name}_pkey" for each in table.indexes)
     if primary and not has_pkey_index:
-        keys.append(_Key(f"{table.name}_pkey", table, primary, True, True, "p", False, None))
+        name = named.get(("p", _folded(primary)), f"{table.name}_pkey")
+        keys.append(_Key(name, table, primary, True, True, "p", False, None))
     for index in table.indexes:
         if index.origin == "pk":
             continue
         if index.name == f"{table.name}_pkey":
             keys.append(_Key(index.name, table, index.columns, True, True, "p", False, index.sql))
         elif index.origin == "u":
-            name = f"{table.name}_{'_'.join(c or 'expr' for c in index.columns)}_key"
+            default = f"{table.name}_{'_'.join(c or 'expr' for c in index.columns)}_key"
+            name = named.get(("u", _folded(index.columns)), default)
             keys.append(_Key(name, table, index.columns, True, False, "u", False, None))
         else:
             keys.append(
@@ -394,9 +434,113 @@ def _keys_of(table: Table) -> tuple[_Key, ...]:
                     None,
                     index.partial,
                     index.sql,
+                    index.descending,
                 )
             )
     return tuple(keys)
+
+
+INDOPTION_DESC_NULLS_FIRST = 3
+"""pg_index.indoption of a DESC column: INDOPTION_DESC | INDOPTION_NULLS_FIRST."""
+_INDEX_PREDICATE = re.compile(r"^\s*CREATE\s.*?\)\s*WHERE\s+(.*?)\s*;?\s*$", re.I | re.S)
+
+
+def index_predicate(sql: str) -> str | None:
+    """The WHERE of a CREATE INDEX text: what follows the first ')' that WHERE follows
+    (the end of the column list: expressions in it close no parenthesis before WHERE)."""
+    found = _INDEX_PREDICATE.match(sql)
+    return found[1] if found else None
+
+
+def _descending(key: _Key, number: int) -> bool:
+    return number < len(key.descending) and key.descending[number]
+
+
+def _index_option(key: _Key, number: int) -> str:
+    return str(INDOPTION_DESC_NULLS_FIRST) if _descending(key, number) else "0"
+
+
+def _predicate_expression(key: _Key) -> str | None:
+    """pg_index.indpred as pg_get_expr shows it: the predicate in parentheses."""
+    predicate = key.predicate
+    if predicate is None:
+        return None
+    return predicate if _wrapped_in_parentheses(predicate) else f"({predicate})"
+
+
+_IDENTIFIER = r'"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|[A-Za-z_][\w$]*'
+_TABLE_CONSTRAINT = re.compile(
+    rf"\s*CONSTRAINT\s+({_IDENTIFIER})\s+(PRIMARY\s+KEY|UNIQUE|FOREIGN\s+KEY)\s*\(([^)]*)\)",
+    re.IGNORECASE,
+)
+_COLUMN_CONSTRAINT = re.compile(
+    rf"\bCONSTRAINT\s+({_IDENTIFIER})\s+(PRIMARY\s+KEY|UNIQUE|REFERENCES)\b", re.IGNORECASE
+)
+_CONSTRAINT_KINDS = {"PRIMARY": "p", "UNIQUE": "u", "FOREIGN": "f", "REFERENCES": "f"}
+
+
+@functools.lru_cache(maxsize=1024)
+def constraint_names(sql: str) -> dict[tuple[str, tuple[str, ...]], str]:
+    """The names that a CREATE TABLE gives its constraints: (contype 'p'/'u'/'f',
+    lower-case columns) -> name. Unnamed constraints are absent."""
+    found: dict[tuple[str, tuple[str, ...]], str] = {}
+    for part in _table_body_items(sql):
+        table_constraint = _TABLE_CONSTRAINT.match(part)
+        if table_constraint is not None:
+            name, kind, listed = table_constraint.groups()
+            columns = tuple(_unquoted(each.strip()) for each in listed.split(","))
+            key = (_CONSTRAINT_KINDS[kind.split()[0].upper()], _folded(columns))
+            found.setdefault(key, _unquoted(name))
+            continue
+        column = re.match(rf"\s*({_IDENTIFIER})", part)
+        if column is None or column[1].upper() in ("CHECK", "PRIMARY", "UNIQUE", "FOREIGN"):
+            continue
+        for name, kind in _COLUMN_CONSTRAINT.findall(part[column.end() :]):
+            key = (_CONSTRAINT_KINDS[kind.split()[0].upper()], _folded((_unquoted(column[1]),)))
+            found.setdefault(key, _unquoted(name))
+    return found
+
+
+def _table_body_items(sql: str) -> list[str]:
+    """The comma-separated items between the outer parentheses of a CREATE TABLE,
+    with quotes and nested parentheses respected."""
+    items: list[str] = []
+    depth = 0
+    quote: str | None = None
+    current: list[str] = []
+    for character in sql:
+        if quote is not None:
+            quote = None if character == quote else quote
+        elif character in "'\"`":
+            quote = character
+        elif character == "(":
+            depth += 1
+            if depth == 1:
+                continue
+        elif character == ")":
+            depth -= 1
+            if depth == 0:
+                break
+        elif character == "," and depth == 1:
+            items.append("".join(current))
+            current = []
+            continue
+        if depth >= 1:
+            current.append(character)
+    items.append("".join(current))
+    return [each for each in items if each.strip()]
+
+
+def _unquoted(identifier: str) -> str:
+    if identifier[:1] == '"' and identifier[-1:] == '"':
+        return identifier[1:-1].replace('""', '"')
+    if identifier[:1] in ("`", "[") and len(identifier) >= 2:
+        return identifier[1:-1]
+    return identifier
+
+
+def _folded(columns: tuple[str | None, ...]) -> tuple[str, ...]:
+    return tuple((each or "").lower() for each in columns)
 
 
 _NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
@@ -455,6 +599,7 @@ def _relation_rows(catalog: Catalog) -> Iterable[tuple[int, str, str, Table | No
 
 def _pg_class(catalog: Catalog) -> list[Row]:
     rows: list[Row] = []
+    triggered = catalog.foreign_key_tables()
     for oid, name, kind, table, key in _relation_rows(catalog):
         if kind == "i":
             assert key is not None
@@ -465,12 +610,13 @@ def _pg_class(catalog: Catalog) -> list[Row]:
             assert table is not None
             natts = len(table.columns)
         has_index = kind == "r" and table is not None and bool(catalog.keys[table.name])
+        has_triggers = kind == "r" and name in triggered
         checks = 0
         am = AM_HEAP_OID if kind == "r" else AM_BTREE_OID if kind == "i" else 0
         rows.append(
             (oid, name, NAMESPACE_PUBLIC_OID, 0, 0, ROLE_SUPERUSER_OID, am, oid, 0, 0, -1.0, 0,
-             0, _bool(has_index), 0, "p", kind, natts, checks, 0, 0, 0, 0, 0, 1, "d", 0, 0,
-             "0", "1", None, None, None)
+             0, _bool(has_index), 0, "p", kind, natts, checks, 0, _bool(has_triggers), 0, 0, 0, 1,
+             "d", 0, 0, "0", "1", None, None, None)
         )  # fmt: skip
     return rows
 
@@ -559,7 +705,7 @@ def _pg_index(catalog: Catalog) -> list[Row]:
                 (catalog.oids[("class", key.name)], table_oid, count, count, _bool(key.unique), 0,
                  _bool(key.primary), 0, 1, 0, 1, 0, 1, 1, 0, " ".join(map(str, attnums)),
                  " ".join("0" for _ in attnums), " ".join(str(OPCLASS_INT4_OID) for _ in attnums),
-                 " ".join("0" for _ in attnums), None, "partial" if key.partial else None)
+                 " ".join(_index_option(key, n) for n in range(count)), None, _predicate_expression(key))
             )  # fmt: skip
     return rows
 
@@ -717,8 +863,18 @@ PG_USER_COLUMNS = (
 
 
 def _pg_tables(catalog: Catalog) -> list[Row]:
+    triggered = catalog.foreign_key_tables()
     return [
-        ("public", t.name, catalog.user, None, _bool(bool(catalog.keys[t.name])), 0, 0, 0)
+        (
+            "public",
+            t.name,
+            catalog.user,
+            None,
+            _bool(bool(catalog.keys[t.name])),
+            0,
+            _bool(t.name in triggered),
+            0,
+        )
         for t in catalog.tables
         if t.kind == "r"
     ]

@@ -1,15 +1,29 @@
 """Hand-written SQLite forms of the catalog queries that real clients send and that
-do not translate (LATERAL, arrays, unnest, array_position, ::regclass chains).
+do not translate (LATERAL, arrays, unnest, generate_subscripts, array_position,
+::regclass chains).
 
 The queries were captured from PostgreSQL 15's statement log (the fixture files
 under tests/fixtures/client_queries/). A query is recognised by its text with
-whitespace collapsed, case folded and literals taken out; the literals become
-parameters of the SQLite form.
+whitespace collapsed, case folded, literals taken out, and placeholders without
+their numbers; a parenthesised list of placeholders (SQLAlchemy's `IN ($6, $7)`
+of table OIDs, whose length varies with the number of tables reflected) counts as
+one, so one captured text covers every length.
 
-Parameters of a match: the SQLite text numbers them. `?1 .. ?n` are the client's
-own `$1 .. $n` (extended protocol), and the literals taken out of the text follow
-as `?n+1 ...`; the caller binds `client_parameters + literals`. With the simple
-protocol n is 0. Keep this list short: the general translation is preferred.
+Parameters of a match: the SQLite text numbers them. `?n` is the captured text's
+`$n` (extended protocol); where the captured `$n` is a list, `?n` becomes the
+given list (`IN (?6)` -> `IN (?6, ?7)`), and the later `?m` follow the given
+numbering. `:Ln` is the n-th literal taken out of the text; literals are bound
+after the client's own parameters (`?p+1 ...` where p is how many the client has),
+so the caller binds `client_parameters + literals`. With the simple protocol p is
+0. A mapping must use the highest-numbered parameter of its captured text, since
+SQLite counts parameters up to the highest used.
+
+Keep this list short and say why each entry exists: the general translation is
+preferred.
+- pgbench's partition probe (LATERAL, array_position), psql's \\du roles (ARRAY()
+  subquery) and \\d TABLE footers (pg_partition_ancestors, arrays, ANY over arrays).
+- SQLAlchemy 2's get_indexes and get_pk_constraint / get_unique_constraints
+  (unnest and generate_subscripts in a select list, array_agg ... ORDER BY).
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ _LITERAL = re.compile(r"E?'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\$\d+|\s+|[^\s'$\d]+|
 @dataclass(frozen=True, slots=True)
 class _Mapping:
     sqlite_sql: str
-    """SQLite text with :L0, :L1, ... for the literals of the PostgreSQL text."""
+    """SQLite text: ?n for the client's $n, :Ln for the literals (module docstring)."""
     columns: tuple[tuple[str, str], ...]
 
 
@@ -147,37 +161,58 @@ WHERE NOT pg_catalog.pg_index.indisprimary AND pg_catalog.pg_index.indrelid IN (
 WHERE idx.indrelid IN ($6)) AS idx_attr GROUP BY idx_attr.indexrelid) AS idx_cols ON pg_catalog.pg_index.indexrelid = idx_cols.indexrelid LEFT OUTER JOIN pg_catalog.pg_constraint ON pg_catalog.pg_index.indrelid = pg_catalog.pg_constraint.conrelid AND pg_catalog.pg_index.indexrelid = pg_catalog.pg_constraint.conindid AND pg_catalog.pg_constraint.contype = ANY (ARRAY[$7::VARCHAR, $8::VARCHAR, $9::VARCHAR])
 WHERE pg_catalog.pg_index.indrelid IN ($6) AND NOT pg_catalog.pg_index.indisprimary ORDER BY pg_catalog.pg_index.indrelid, pg_catalog.pg_class.relname"""  # noqa: E501
 
-# The element lists of an index: indkey is '2 3'; each attnum is looked up in
-# pg_attribute by a recursive split (SQLite has no unnest).
+_SQLALCHEMY_CONSTRAINTS = """SELECT attr.conrelid, array_agg(CAST(attr.attname AS TEXT) ORDER BY attr.ord) AS cols, attr.conname, min(attr.description) AS description, min(attr.indnkeyatts) AS indnkeyatts, bool_and(attr.indnullsnotdistinct) AS indnullsnotdistinct
+FROM (SELECT con.conrelid AS conrelid, con.conname AS conname, con.description AS description, con.ord AS ord, con.indnkeyatts AS indnkeyatts, con.indnullsnotdistinct AS indnullsnotdistinct, pg_catalog.pg_attribute.attname AS attname
+FROM pg_catalog.pg_attribute JOIN (SELECT pg_catalog.pg_constraint.conrelid AS conrelid, pg_catalog.pg_constraint.conname AS conname, unnest(pg_catalog.pg_index.indkey) AS attnum, generate_subscripts(pg_catalog.pg_index.indkey, $1::INTEGER) AS ord, pg_catalog.pg_index.indnkeyatts AS indnkeyatts, pg_catalog.pg_index.indnullsnotdistinct AS indnullsnotdistinct, pg_catalog.pg_description.description AS description
+FROM pg_catalog.pg_constraint JOIN pg_catalog.pg_index ON pg_catalog.pg_constraint.conindid = pg_catalog.pg_index.indexrelid LEFT OUTER JOIN pg_catalog.pg_description ON pg_catalog.pg_description.objoid = pg_catalog.pg_constraint.oid AND pg_catalog.pg_description.classoid = CAST($2 AS REGCLASS)
+WHERE pg_catalog.pg_constraint.contype = $3::VARCHAR AND pg_catalog.pg_constraint.conrelid IN ($4)) AS con ON pg_catalog.pg_attribute.attnum = con.attnum AND pg_catalog.pg_attribute.attrelid = con.conrelid
+WHERE con.conrelid IN ($4)) AS attr GROUP BY attr.conrelid, attr.conname ORDER BY attr.conrelid, attr.conname"""  # noqa: E501
+
+# The key columns of the primary key ($3 = 'p') or unique constraints ($3 = 'u') of
+# the tables $4 (any number of OIDs). indkey is int2vector text ('2 3'): json_each
+# over '[2,3]' is SQLite's unnest, its `key` generate_subscripts (from 0, not 1:
+# only the order matters). array_agg is compute_node/engine/functions.py's aggregate
+# that writes PostgreSQL's array text; min() of 0/1 is bool_and.
+_SQLITE_CONSTRAINTS = """
+SELECT c.conrelid, array_agg(a.attname ORDER BY k.key) AS cols, c.conname,
+       min(d.description) AS description, min(i.indnkeyatts) AS indnkeyatts,
+       min(i.indnullsnotdistinct) AS indnullsnotdistinct
+FROM pg_constraint AS c
+JOIN pg_index AS i ON c.conindid = i.indexrelid
+JOIN json_each('[' || replace(i.indkey, ' ', ',') || ']') AS k
+JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.value
+LEFT JOIN pg_description AS d ON d.objoid = c.oid
+WHERE c.contype = ?3 AND c.conrelid IN (?4)
+GROUP BY c.conrelid, c.conname
+ORDER BY c.conrelid, c.conname"""
+
+# The elements of the indexes that are not primary keys of the tables $6 (any
+# number of OIDs): an expression (attnum 0) reads as pg_get_indexdef of its
+# position. $1..$5 are SQLAlchemy's constants 0, 1, true, 0, 1.
 _SQLITE_INDEXES = """
-WITH RECURSIVE split(indexrelid, indrelid, rest, attnum, ord) AS (
-  SELECT indexrelid, indrelid, indkey || ' ', NULL, -1 FROM pg_index
-  WHERE NOT indisprimary AND indrelid = CAST(?6 AS INTEGER)
-  UNION ALL
-  SELECT indexrelid, indrelid, substr(rest, instr(rest, ' ') + 1),
-         CAST(substr(rest, 1, instr(rest, ' ') - 1) AS INTEGER), ord + 1
-  FROM split WHERE rest <> ''
-), cols AS (
-  SELECT s.indexrelid,
-         '{' || group_concat(CASE WHEN s.attnum = 0 THEN pg_get_indexdef(s.indexrelid, s.ord + 1, 1)
-                                  ELSE a.attname END, ',') || '}' AS elements,
-         '{' || group_concat(CASE WHEN s.attnum = 0 THEN 't' ELSE 'f' END, ',') || '}'
+WITH cols AS (
+  SELECT i.indexrelid,
+         array_agg(CASE WHEN k.value = 0 THEN pg_get_indexdef(i.indexrelid, k.key + 1, 1)
+                        ELSE a.attname END ORDER BY k.key) AS elements,
+         array_agg(CASE WHEN k.value = 0 THEN 't' ELSE 'f' END ORDER BY k.key)
              AS elements_is_expr,
-         '{' || group_concat('0', ',') || '}' AS elements_opclass
-  FROM (SELECT * FROM split WHERE attnum IS NOT NULL ORDER BY indexrelid, ord) AS s
-  LEFT JOIN pg_attribute AS a ON a.attrelid = s.indrelid AND a.attnum = s.attnum
-  GROUP BY s.indexrelid
+         array_agg(0 ORDER BY k.key) AS elements_opclass
+  FROM pg_index AS i
+  JOIN json_each('[' || replace(i.indkey, ' ', ',') || ']') AS k
+  LEFT JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.value
+  WHERE NOT i.indisprimary AND i.indrelid IN (?6)
+  GROUP BY i.indexrelid
 )
 SELECT i.indrelid, c.relname, i.indisunique, i.indisvalid,
-       (SELECT count(*) FROM pg_constraint AS k WHERE k.conrelid = i.indrelid
-          AND k.conindid = i.indexrelid AND k.contype IN (?7, ?8, ?9)) > 0 AS has_constraint,
+       EXISTS (SELECT 1 FROM pg_constraint AS k WHERE k.conrelid = i.indrelid
+               AND k.conindid = i.indexrelid AND k.contype IN (?7, ?8, ?9)) AS has_constraint,
        i.indoption, c.reloptions, c.relam,
        CASE WHEN i.indpred IS NOT NULL THEN i.indpred END AS filter_definition,
        i.indnkeyatts, i.indnullsnotdistinct, cols.elements, cols.elements_is_expr,
        cols.elements_opclass
 FROM pg_index AS i JOIN pg_class AS c ON i.indexrelid = c.oid
 LEFT JOIN cols ON cols.indexrelid = i.indexrelid
-WHERE i.indrelid = CAST(?6 AS INTEGER) AND NOT i.indisprimary
+WHERE i.indrelid IN (?6) AND NOT i.indisprimary
 ORDER BY i.indrelid, c.relname"""
 
 _PG_TO_SQLITE: tuple[tuple[str, _Mapping], ...] = (
@@ -299,25 +334,126 @@ _PG_TO_SQLITE: tuple[tuple[str, _Mapping], ...] = (
             ),  # fmt: skip
         ),
     ),
+    (
+        _SQLALCHEMY_CONSTRAINTS,
+        _Mapping(
+            _SQLITE_CONSTRAINTS,
+            (
+                ("conrelid", "oid"),
+                ("cols", "_text"),
+                ("conname", "name"),
+                ("description", "text"),
+                ("indnkeyatts", "int2"),
+                ("indnullsnotdistinct", "bool"),
+            ),  # fmt: skip
+        ),
+    ),
 )
 
-_BY_SHAPE: dict[str, _Mapping] = {_normalise(pg)[0]: mapping for pg, mapping in _PG_TO_SQLITE}
+
+@dataclass(frozen=True, slots=True)
+class ClientQuery:
+    """A recognised client query: what to run on SQLite and what it returns."""
+
+    sqlite_sql: str
+    literals: tuple[Any, ...]
+    """Bound after the client's parameters (see the module docstring)."""
+    columns: tuple[tuple[str, str], ...]
+    """(name, PostgreSQL type name) of each result column."""
+    parameter_count: int
+    """How many parameters ($1 .. $n) the client's text has: the caller binds them all."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    mapping: _Mapping
+    slots: tuple[tuple[int, ...], ...]
+    """The placeholder slots of the captured text (see `_slots`)."""
+
+
+def _known(pg_sql: str, mapping: _Mapping) -> tuple[str, _Known]:
+    shape, _, _ = _normalise(pg_sql)
+    return _shape_without_numbers(shape), _Known(mapping, _slots(shape))
+
+
+def lookup(sql: str) -> ClientQuery | None:
+    """The SQLite form of a known client query, or None."""
+    shape, literals, placeholder_max = _normalise(sql)
+    known = _BY_SHAPE.get(_shape_without_numbers(shape))
+    if known is None:
+        return None
+    numbers = _renumbering(known.slots, _slots(shape))
+    if numbers is None:
+        return None
+    used = [int(each) for each in _LITERAL_REFERENCE.findall(known.mapping.sqlite_sql)]
+    # SQLite counts parameters up to the highest number used: bind no more literals.
+    kept = literals[: max(used) + 1] if used else ()
+
+    def reference(found: re.Match[str]) -> str:
+        if found[1] is not None:
+            return ", ".join(f"?{each}" for each in numbers[int(found[1])])
+        return f"?{placeholder_max + int(found[2]) + 1}"
+
+    sqlite_sql = _REFERENCE.sub(reference, known.mapping.sqlite_sql)
+    return ClientQuery(sqlite_sql, kept, known.mapping.columns, placeholder_max)
 
 
 def match(sql: str) -> tuple[str, tuple[Any, ...], tuple[tuple[str, str], ...]] | None:
     """(SQLite text, literals, ((column, PostgreSQL type name), ...)) of a known client
-    query, or None. See the module docstring for how parameters are numbered."""
-    shape, literals, placeholder_max = _normalise(sql)
-    mapping = _BY_SHAPE.get(shape)
-    if mapping is None:
-        return None
-    used = [int(each) for each in _LITERAL_REFERENCE.findall(mapping.sqlite_sql)]
-    # SQLite counts parameters up to the highest number used: bind no more literals.
-    kept = literals[: max(used) + 1] if used else ()
-    sqlite_sql = _LITERAL_REFERENCE.sub(
-        lambda found: f"?{placeholder_max + int(found[1]) + 1}", mapping.sqlite_sql
+    query, or None: `lookup` without the parameter count."""
+    found = lookup(sql)
+    return None if found is None else (found.sqlite_sql, found.literals, found.columns)
+
+
+# A parenthesised list of placeholders, each with an optional cast: `($6, $7)`,
+# `($1::varchar)` (the shape has no spaces around commas and parentheses).
+_PLACEHOLDER_LIST = re.compile(r"\((\$\d+(?:::[a-z]+)?(?:,\$\d+(?:::[a-z]+)?)*)\)")
+_PLACEHOLDER_SLOT = re.compile(_PLACEHOLDER_LIST.pattern + r"|\$(\d+)")
+_PLACEHOLDER_NUMBER = re.compile(r"\$(\d+)")
+
+
+def _slots(shape: str) -> tuple[tuple[int, ...], ...]:
+    """The placeholders of a shape in text order, a parenthesised list as one slot:
+    'x in ($6,$7) and y=$8' -> ((6, 7), (8,))."""
+    return tuple(
+        tuple(int(each) for each in _PLACEHOLDER_NUMBER.findall(found[0]))
+        for found in _PLACEHOLDER_SLOT.finditer(shape)
     )
-    return sqlite_sql, kept, mapping.columns
 
 
+def _shape_without_numbers(shape: str) -> str:
+    """A shape that is the same whatever the length of its lists of placeholders
+    (SQLAlchemy's `IN ($6, $7, ...)` of table OIDs) and so however they are numbered."""
+    return _PLACEHOLDER_NUMBER.sub("$", _PLACEHOLDER_LIST.sub("($*)", shape))
+
+
+def _renumbering(
+    captured: tuple[tuple[int, ...], ...], given: tuple[tuple[int, ...], ...]
+) -> dict[int, tuple[int, ...]] | None:
+    """The given text's placeholders of each placeholder number of the captured text,
+    slot by slot; None when the given text uses its placeholders differently (a
+    number of the captured text would stand for two different lists)."""
+    if len(captured) != len(given):
+        return None
+    numbers: dict[int, tuple[int, ...]] = {}
+    for captured_slot, given_slot in zip(captured, given, strict=True):
+        if len(captured_slot) == 1 and len(given_slot) >= 1:
+            pairs = [(captured_slot[0], given_slot)]
+        elif len(captured_slot) == len(given_slot):
+            pairs = [
+                (number, (each,)) for number, each in zip(captured_slot, given_slot, strict=True)
+            ]
+        else:
+            return None
+        for number, placeholders in pairs:
+            if numbers.setdefault(number, placeholders) != placeholders:
+                return None
+    return numbers
+
+
+# `?n` in a mapping's SQLite text is the captured text's `$n` (a list when `$n` was
+# one); `:Ln` is its n-th literal.
+_REFERENCE = re.compile(r"\?(\d+)|:L(\d+)\b")
 _LITERAL_REFERENCE = re.compile(r":L(\d+)\b")
+
+_BY_SHAPE: dict[str, _Known] = dict(_known(pg, mapping) for pg, mapping in _PG_TO_SQLITE)

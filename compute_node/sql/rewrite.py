@@ -146,6 +146,39 @@ def _table(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
     raise SqlError(f'schema "{schema}" does not exist', "3F000")
 
 
+def _column(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
+    """A column named with its schema (pg_catalog.pg_class.relname) loses the schema
+    as its table does (see _table)."""
+    schema = node.db.lower() if node.db else ""
+    if not schema:
+        return node
+    node.set("db", None)
+    node.set("catalog", None)
+    if schema == "information_schema":
+        node.set("table", exp.to_identifier(f"information_schema_{node.table.lower()}"))
+    elif schema not in ("public", "pg_catalog"):
+        raise SqlError(f'schema "{schema}" does not exist', "3F000")
+    return node
+
+
+def _values(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
+    """(VALUES ...) AS t(a, b) in FROM: SQLite names VALUES columns column1, column2,
+    ... and takes no column list in an alias, so select them under the alias's names
+    (SQLAlchemy's insertmanyvalues sends INSERT .. SELECT .. FROM (VALUES ..) AS t(..))."""
+    alias = node.args.get("alias")
+    if alias is None or not alias.columns:
+        return node
+    names = [column.name for column in alias.columns]
+    values = exp.Values(expressions=node.expressions)
+    select = exp.Select(
+        expressions=[
+            exp.alias_(exp.column(f"column{index + 1}"), name, quoted=True)
+            for index, name in enumerate(names)
+        ]
+    ).from_(exp.Subquery(this=values))
+    return exp.Subquery(this=select, alias=exp.TableAlias(this=alias.this))
+
+
 def _generate_series(node: exp.Table) -> exp.Expression:
     """generate_series(a, b[, step]) in FROM as a recursive CTE subquery whose
     column is named as PostgreSQL names it (the alias's column, else the alias,
@@ -408,6 +441,8 @@ def _collate(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
 _HANDLERS = {
     exp.Parameter: _parameter,
     exp.Collate: _collate,
+    exp.Column: _column,
+    exp.Values: _values,
     # version() is the catalog's (PostgreSQL's text), not sqlite_version().
     exp.CurrentVersion: lambda rewriter, node: _call("version"),
     exp.Table: _table,

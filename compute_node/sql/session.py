@@ -249,6 +249,9 @@ class SqlSession:
     # -- translation --------------------------------------------------------------------
 
     async def _translate(self, sql: str) -> tr.Translated:
+        if sql.endswith((";", " ", "\n")):
+            # A Parse message may end its one statement with ';' (pgbench's "BEGIN;").
+            sql = sql.rstrip().rstrip(";").rstrip()
         shared = self._shared
         if not shared.schema.loaded:
             await shared.schema.reload(self._session)
@@ -256,16 +259,16 @@ class SqlSession:
         # Catalog queries of psql, pgbench and SQLAlchemy that translation cannot
         # express map to hand-written SQLite (compute_node/sql/client_queries.py).
         if "pg_" in sql:
-            known = client_queries.match(sql)
+            known = client_queries.lookup(sql)
             if known is not None:
-                sqlite, literals, columns = known
                 return tr.Translated(
-                    sqlite,
+                    known.sqlite_sql,
                     "SELECT",
                     returns_rows=True,
-                    column_names=tuple(name for name, _ in columns),
-                    column_types=tuple(type_name for _, type_name in columns),
-                    literals=literals,
+                    parameter_types=("unknown",) * known.parameter_count,
+                    column_names=tuple(name for name, _ in known.columns),
+                    column_types=tuple(type_name for _, type_name in known.columns),
+                    literals=known.literals,
                 )
         return shared.translator.translate(sql)
 

@@ -163,7 +163,7 @@ def translate_one(sql: str, schema: Schema) -> Translated:
 def _translate(sql: str, schema: Schema) -> Translated:
     first = _first_word(sql)
     if first in _NO_OPS:
-        return Translated(None, _NO_OPS[first] if first != "discard" else _discard_tag(sql))
+        return Translated(None, _no_op_tag(first, sql))
     if first in _UNSUPPORTED_FIRST:
         raise unsupported(_UNSUPPORTED_FIRST[first])
     if first in ("set", "reset", "show", "copy") or first in _TRANSACTION_WORDS:
@@ -171,9 +171,14 @@ def _translate(sql: str, schema: Schema) -> Translated:
     return _translate_parsed(sql, schema)
 
 
-def _discard_tag(sql: str) -> str:
+def _no_op_tag(first: str, sql: str) -> str:
+    """The tag PostgreSQL answers: DISCARD ALL, DEALLOCATE ALL, else the verb."""
     words = sql.split()
-    return f"DISCARD {words[1].upper()}" if len(words) > 1 else "DISCARD"
+    if first == "discard" and len(words) > 1:
+        return f"DISCARD {words[1].upper()}"
+    if first == "deallocate" and words[-1].lower() == "all":
+        return "DEALLOCATE ALL"
+    return _NO_OPS[first]
 
 
 def _translate_utility(first: str, sql: str, schema: Schema) -> Translated:
@@ -220,8 +225,37 @@ def _position_of(sql: str, error: ParseError) -> int | None:
     return max(1, offset + column - len(highlight) + 1)
 
 
+# First words of the statements parse() hands to sqlglot; PostgreSQL's grammar
+# fails on any other first word, at that word.
+_PARSED_FIRST_WORDS = frozenset(
+    {
+        "select",
+        "insert",
+        "update",
+        "delete",
+        "with",
+        "values",
+        "table",
+        "create",
+        "drop",
+        "alter",
+        "explain",
+        "comment",
+        "truncate",
+        "merge",
+        "grant",
+        "revoke",
+    }
+)
+
+
 def parse(sql: str) -> exp.Expression:
     """The statement's PostgreSQL tree; SqlError 42601 with a position on errors."""
+    first = _FIRST_WORD.match(sql)
+    if first is not None and first.group(1).lower() not in _PARSED_FIRST_WORDS:
+        raise SqlError(
+            f'syntax error at or near "{first.group(1)}"', "42601", position=first.start(1) + 1
+        )
     try:
         statements = sqlglot.parse(lexer.spaced_parameters(sql), read="postgres")
     except ParseError as error:

@@ -3,6 +3,7 @@ PostgreSQL 15 answers for the same schema (recorded from a throwaway server)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,3 +306,165 @@ def test_pg_like_is_case_sensitive_with_backslash_escapes() -> None:
         " pg_like('abc', 'a\\_c'), pg_like('abc', '_b_')"
     ).fetchall()
     assert rows == [(1, 0, 1, 0, 1)]
+
+
+# SQLAlchemy 2's reflection queries and what they need of the catalog. The schema is
+# what compute_node/sql/ddl.py writes for SQLAlchemy's create_all: every constraint
+# named in the table's SQL.
+REFLECTED_SCHEMA = """
+CREATE TABLE "acct" ("id" INTEGER CONSTRAINT "acct_pkey" PRIMARY KEY AUTOINCREMENT,
+  "name" VARCHAR(50) NOT NULL CONSTRAINT "acct_name_key" UNIQUE, "code" VARCHAR(10),
+  "Region X" VARCHAR(10), CONSTRAINT "acct_code_region_uq" UNIQUE ("code", "Region X"));
+CREATE TABLE "pay" ("id" INTEGER CONSTRAINT "pay_pkey" PRIMARY KEY AUTOINCREMENT,
+  "acct_id" INTEGER CONSTRAINT "pay_acct_id_fkey" REFERENCES "acct" ("id") ON DELETE CASCADE,
+  "code" VARCHAR(10), "region" VARCHAR(10),
+  CONSTRAINT "pay_cr_fk" FOREIGN KEY ("code", "region") REFERENCES "acct" ("code", "Region X"));
+CREATE TABLE "lonely" ("a" INTEGER, "b" INTEGER);
+CREATE INDEX "ix_pay_desc" ON "pay" ("code", "region" DESC);
+CREATE INDEX "ix_pay_part" ON "pay" ("acct_id") WHERE acct_id > 5;
+"""
+
+
+@pytest.fixture
+def reflected() -> Iterator[apsw.Connection]:
+    sqlite = apsw.Connection(":memory:")
+    register(sqlite)
+    sqlite.execute(REFLECTED_SCHEMA)
+    yield sqlite
+    sqlite.close()
+
+
+def oid_of(connection: apsw.Connection, name: str) -> int:
+    return int(rows(connection, "SELECT regclass(?)", (name,))[0][0])
+
+
+def fixture_query(name: str, marker: str) -> str:
+    (query,) = [each for each in fixture_statements(name) if marker in each]
+    return query
+
+
+def test_constraint_names_come_from_the_table_sql(reflected: apsw.Connection) -> None:
+    found = rows(reflected, "SELECT conname, contype FROM pg_constraint ORDER BY conname")
+    assert found == [
+        ("acct_code_region_uq", "u"), ("acct_name_key", "u"), ("acct_pkey", "p"),
+        ("pay_acct_id_fkey", "f"), ("pay_cr_fk", "f"), ("pay_pkey", "p"),
+    ]  # fmt: skip
+    # The index of a unique constraint has the constraint's name, as in PostgreSQL.
+    index_names = rows(reflected, "SELECT relname FROM pg_class WHERE relkind = 'i'")
+    assert ("acct_code_region_uq",) in index_names
+    assert pg_catalog.constraint_names("CREATE TABLE t (a INT UNIQUE, b INT)") == {}
+
+
+def test_tables_with_foreign_keys_have_triggers(reflected: apsw.Connection) -> None:
+    # psql prints "Foreign-key constraints:" and "Referenced by:" only then.
+    found = rows(reflected, "SELECT relname, relhastriggers FROM pg_class WHERE relkind = 'r'")
+    assert sorted(found) == [("acct", 1), ("lonely", 0), ("pay", 1)]
+    assert sorted(rows(reflected, "SELECT tablename, hastriggers FROM pg_tables")) == sorted(found)
+
+
+def test_descending_and_partial_indexes(reflected: apsw.Connection) -> None:
+    found = rows(
+        reflected,
+        "SELECT c.relname, i.indoption, i.indpred, pg_get_indexdef(i.indexrelid, 0, 1), "
+        "pg_get_indexdef(i.indexrelid) FROM pg_index AS i JOIN pg_class AS c "
+        "ON c.oid = i.indexrelid WHERE c.relname LIKE 'ix_%' ORDER BY 1",
+    )
+    assert found == [
+        ("ix_pay_desc", "0 3", None,
+         "CREATE INDEX ix_pay_desc ON pay USING btree (code, region DESC)",
+         "CREATE INDEX ix_pay_desc ON public.pay USING btree (code, region DESC)"),
+        ("ix_pay_part", "0", "(acct_id > 5)",
+         "CREATE INDEX ix_pay_part ON pay USING btree (acct_id) WHERE acct_id > 5",
+         "CREATE INDEX ix_pay_part ON public.pay USING btree (acct_id) WHERE (acct_id > 5)"),
+    ]  # fmt: skip
+
+
+def test_sqlalchemy_constraint_query_maps_for_any_number_of_tables(
+    reflected: apsw.Connection,
+) -> None:
+    query = fixture_query("sqlalchemy_get_pk_constraint", "generate_subscripts")
+    acct, pay = oid_of(reflected, "acct"), oid_of(reflected, "pay")
+    one = client_queries.lookup(query)
+    assert one is not None and one.parameter_count == 4 and one.literals == ()
+    assert [name for name, _ in one.columns] == [
+        "conrelid", "cols", "conname", "description", "indnkeyatts", "indnullsnotdistinct",
+    ]  # fmt: skip
+    assert rows(reflected, one.sqlite_sql, (1, "pg_catalog.pg_constraint", "p", pay)) == [
+        (pay, "{id}", "pay_pkey", None, 1, 0)
+    ]
+    # Two tables: SQLAlchemy's expanding IN list has two placeholders, in both places.
+    two_tables = query.replace("IN ($4)", "IN ($4, $5)")
+    two = client_queries.lookup(two_tables)
+    assert two is not None and two.parameter_count == 5
+    assert "IN (?4, ?5)" in two.sqlite_sql
+    # OIDs sent as text compare equal too (oid columns have numeric affinity).
+    found = rows(reflected, two.sqlite_sql, (1, "pg_catalog.pg_constraint", "u", acct, str(pay)))
+    assert found == [
+        (acct, '{code,"Region X"}', "acct_code_region_uq", None, 2, 0),
+        (acct, "{name}", "acct_name_key", None, 1, 0),
+    ]  # fmt: skip
+
+
+def test_sqlalchemy_index_query_renumbers_parameters_after_a_list(
+    reflected: apsw.Connection,
+) -> None:
+    query = fixture_query("sqlalchemy_get_indexes", "idx_cols")
+    shifted = (
+        query.replace("$9", "$10").replace("$8", "$9").replace("$7", "$8")
+        .replace("IN ($6)", "IN ($6, $7)")
+    )  # fmt: skip
+    found = client_queries.lookup(shifted)
+    assert found is not None and found.parameter_count == 10
+    acct, pay = oid_of(reflected, "acct"), oid_of(reflected, "pay")
+    result = rows(reflected, found.sqlite_sql, (0, 1, 1, 0, 1, acct, pay, "p", "u", "x"))
+    names = [name for name, _ in found.columns]
+    assert [
+        (r["relname"], r["has_constraint"], r["indoption"], r["filter_definition"],
+         r["elements"], r["elements_is_expr"])
+        for r in (dict(zip(names, row, strict=True)) for row in result)
+    ] == [
+        ("acct_code_region_uq", 1, "0 0", None, '{code,"Region X"}', "{f,f}"),
+        ("acct_name_key", 1, "0", None, "{name}", "{f}"),
+        ("ix_pay_desc", 0, "0 3", None, "{code,region}", "{f,f}"),
+        ("ix_pay_part", 0, "0", "(acct_id > 5)", "{acct_id}", "{f}"),
+    ]  # fmt: skip
+    assert sorted({row[0] for row in result}) == sorted({acct, pay})
+
+
+def test_a_query_that_uses_its_placeholders_differently_does_not_match() -> None:
+    query = fixture_query("sqlalchemy_get_pk_constraint", "generate_subscripts")
+    # The two IN lists of the captured text are the same parameter: here they differ.
+    first = query.index("IN ($4)")
+    changed = query[:first] + "IN ($5)" + query[first + len("IN ($4)") :]
+    assert client_queries.lookup(changed) is None
+    assert client_queries.lookup(query.replace("IN ($4)", "IN ($4, $5)")) is not None
+
+
+def test_array_agg_writes_postgresql_array_text() -> None:
+    connection = apsw.Connection(":memory:")
+    register(connection)
+    values = json.dumps(["b c", "", 'q\\"x', None, "null", "a", 2])
+    found = rows(
+        connection,
+        "SELECT array_agg(value ORDER BY key DESC), bool_and(value IS NOT NULL), "
+        "bool_or(value = 'a') FROM json_each(?)",
+        (values,),
+    )
+    # Quoted: a space, the empty string, NULL spelled as text, quote and backslash
+    # (escaped with a backslash); a SQL NULL is the bare word NULL.
+    assert found == [(r'{2,a,"null",NULL,"q\\\"x","","b c"}', 0, 1)]
+    empty = rows(connection, "SELECT array_agg(1), bool_and(1) FROM json_each('[]')")
+    assert empty == [(None, None)]
+
+
+def test_every_mapping_refers_to_parameters_its_captured_text_has() -> None:
+    # SQLite counts parameters up to the highest ?n used: a mapping must use its
+    # captured text's highest placeholder, and only placeholders that text has.
+    for pg_sql, mapping in client_queries._PG_TO_SQLITE:
+        shape, _, placeholder_max = client_queries._normalise(pg_sql)
+        captured = {number for slot in client_queries._slots(shape) for number in slot}
+        used = {int(found[1]) for found in client_queries._REFERENCE.finditer(mapping.sqlite_sql)
+                if found[1] is not None}  # fmt: skip
+        assert used <= captured, pg_sql[:60]
+        assert placeholder_max == 0 or placeholder_max in used, pg_sql[:60]
+        assert client_queries.lookup(pg_sql) is not None, pg_sql[:60]
