@@ -23,6 +23,7 @@ session). The functions read them when called, on the connection's thread.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 import uuid
@@ -328,6 +329,8 @@ def _functions(
         "regnamespace": (_namespace_oid, (1,), True),
         "regnamespace_name": (_namespace_name, (1,), True),
         "pg_like": (_like, (2,), True),
+        "pg_div": (_divide, (2,), True),
+        "pg_mod": (_modulo, (2,), True),
         "oid": (lambda value: None if value is None else int(value), (1,), True),
         "pg_is_in_recovery": (lambda: 0 if connection.readonly("main") is False else 1, (0,), constant),
         "txid_current": (lambda: connection.data_version(), (0,), constant),
@@ -507,6 +510,46 @@ def _namespace_oid(value: Any) -> int | None:
     if found is None:
         raise SqlError(f'schema "{value}" does not exist', "3F000")
     return found
+
+
+def _divide(left: Any, right: Any) -> Any:
+    """PostgreSQL's `/`: integer division truncates toward zero; 0 is an error."""
+    if left is None or right is None:
+        return None
+    left, right = _number(left), _number(right)
+    if right == 0:
+        raise SqlError("division by zero", "22012")
+    if isinstance(left, int) and isinstance(right, int):
+        quotient = abs(left) // abs(right)
+        return quotient if (left < 0) == (right < 0) else -quotient
+    return left / right
+
+
+def _modulo(left: Any, right: Any) -> Any:
+    """PostgreSQL's `%`: the sign of the dividend; 0 is an error."""
+    if left is None or right is None:
+        return None
+    left, right = _number(left), _number(right)
+    if right == 0:
+        raise SqlError("division by zero", "22012")
+    if isinstance(left, int) and isinstance(right, int):
+        remainder = abs(left) % abs(right)
+        return remainder if left >= 0 else -remainder
+    return math.fmod(left, right)
+
+
+def _number(value: Any) -> int | float:
+    """A value in arithmetic, as SQLite reads text (a number prefix, else 0)."""
+    if isinstance(value, (int, float)):
+        return value
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise SqlError(f'invalid input syntax for type numeric: "{text}"', "22P02") from None
 
 
 def _like(text: str | None, pattern: str | None) -> int | None:

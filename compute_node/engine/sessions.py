@@ -792,6 +792,12 @@ class Session:
         # Materialised here: the worker thread must not run the caller's generator.
         return await self._statement(sql, list(seq_of_params), many=True)
 
+    def fail_transaction(self) -> None:
+        """A statement of the open transaction failed before reaching SQLite (the
+        SQL layer refused it): as in PostgreSQL, the transaction is aborted."""
+        if self._transaction:
+            self._failed = True
+
     def cancel(self) -> None:
         """Stops the session's running statement (queued or running), which then
         raises QueryCanceled; does nothing when no statement runs."""

@@ -68,8 +68,26 @@ _BY_MESSAGE: tuple[tuple[re.Pattern[str], str, str], ...] = (
 )
 
 
-def sql_error_of(error: StatementError) -> SqlError:
-    """The PostgreSQL error SQLite's refusal stands for (XX000 when unknown)."""
+def sql_error_of(error: StatementError, statement: str | None = None) -> SqlError:
+    """The PostgreSQL error SQLite's refusal stands for (XX000 when unknown), with
+    the position of the name it is about in `statement` when it has one."""
+    mapped = _mapped(error)
+    if statement is not None and mapped.position is None and mapped.sqlstate in _NAMED:
+        name = _QUOTED_NAME.search(mapped.message)
+        if name is not None:
+            text = name[1] or name[2]
+            found = re.search(rf"\b{re.escape(text)}\b", statement, re.IGNORECASE)
+            if found is not None:
+                mapped.position = found.start() + 1
+    return mapped
+
+
+# Errors about a named relation, column or function; PostgreSQL points at the name.
+_NAMED = frozenset({"42P01", "42703", "42883", "42702"})
+_QUOTED_NAME = re.compile(r'"([^"]+)"|function (\w+)')
+
+
+def _mapped(error: StatementError) -> SqlError:
     sqlite_error = error.sqlite_error
     message = error.message
     code = getattr(sqlite_error, "extendedresult", None)

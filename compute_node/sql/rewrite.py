@@ -28,6 +28,8 @@ CATALOG_FUNCTIONS: tuple[str, ...] = (
     "pg_regex_match",  # pg_regex_match(string, pattern) -> 1/0 (PostgreSQL ~)
     "pg_regex_imatch",  # pg_regex_imatch(string, pattern) -> 1/0 (~*)
     "pg_like",  # pg_like(string, pattern) -> 1/0 (case-sensitive LIKE, \ escape)
+    "pg_div",  # pg_div(a, b) -> a / b; 22012 when b is 0 (SQLite gives NULL)
+    "pg_mod",  # pg_mod(a, b) -> a % b; 22012 when b is 0
 )
 
 # The SQLite expression of a transaction-time value outside a statement (column
@@ -439,6 +441,9 @@ def _collate(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
 
 
 _HANDLERS = {
+    # Division by zero is an error in PostgreSQL, NULL in SQLite.
+    exp.Div: lambda rewriter, node: _call("pg_div", node.this, node.expression),
+    exp.Mod: lambda rewriter, node: _call("pg_mod", node.this, node.expression),
     exp.Parameter: _parameter,
     exp.Collate: _collate,
     exp.Column: _column,

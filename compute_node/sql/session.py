@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from borealis.errors import SqlError
+from borealis.errors import BorealisError, SqlError
 from borealis.pgwire import types as pg_types
 from borealis.pgwire.backend import (
     FAILED_TRANSACTION,
@@ -197,6 +198,16 @@ class SqlSession:
     async def execute(
         self, sql: str, parameters: Sequence[Any], parameter_oids: Sequence[int]
     ) -> Outcome:
+        try:
+            return await self._execute(sql, parameters)
+        except StatementError as error:
+            self._session.fail_transaction()
+            raise sql_error_of(error, sql) from error
+        except BorealisError:
+            self._session.fail_transaction()
+            raise
+
+    async def _execute(self, sql: str, parameters: Sequence[Any]) -> Outcome:
         translated = await self._translate(sql)
         action = translated.action
         if action is not None:
@@ -225,14 +236,20 @@ class SqlSession:
         for row in values:
             if len(row) != len(copy.oids):
                 raise SqlError(f"row has {len(row)} columns, expected {len(copy.oids)}", "22P04")
-        await self._statement_many(copy.insert, values)
+        try:
+            await self._session.executemany(copy.insert, values)
+        except StatementError as error:
+            raise sql_error_of(error) from error
         copy.rows += len(values)
 
     async def copy_done(self) -> Outcome:
         copy, self._copy = self._copy, None
         assert copy is not None, "copy_done outside a COPY"
         if copy.began:
-            await self._statement("COMMIT")
+            try:
+                await self._statement("COMMIT")
+            except StatementError as error:
+                raise sql_error_of(error) from error
         return Outcome(f"COPY {copy.rows}")
 
     async def copy_fail(self, message: str) -> None:
@@ -292,16 +309,7 @@ class SqlSession:
         return await self._statement(sqlite, translated.bindings(parameters, now))
 
     async def _statement(self, sql: str, values: Any = ()) -> Result:
-        try:
-            return await self._session.execute(sql, values)
-        except StatementError as error:
-            raise sql_error_of(error) from error
-
-    async def _statement_many(self, sql: str, rows: list[list[Any]]) -> Result:
-        try:
-            return await self._session.executemany(sql, rows)
-        except StatementError as error:
-            raise sql_error_of(error) from error
+        return await self._session.execute(sql, values)
 
     def _now(self) -> str:
         """now(): the transaction's start time (the statement's outside one), as
@@ -326,7 +334,7 @@ class SqlSession:
         if not translated.returns_rows:
             return Outcome(tag)
         columns = self._columns(translated, result)
-        return Outcome(tag, columns, result.rows)
+        return Outcome(tag, columns, _padded(result))
 
     def _columns(self, translated: tr.Translated, result: Result) -> tuple[Column, ...]:
         types = translated.column_types or ()
@@ -479,6 +487,30 @@ class SqlSession:
             self._transaction.ran_ddl = True
         await self._shared.schema.reload(self._session)
         self._shared.translator.invalidate()
+
+
+_CHARACTER = re.compile(r"\s*(?:char|character|bpchar)\s*\(\s*(\d+)\s*\)\s*", re.IGNORECASE)
+
+
+def _padded(result: Result) -> Sequence[tuple[Any, ...]]:
+    """Rows with char(n) columns blank-padded to n, as PostgreSQL returns them
+    (SQLite keeps the text as inserted)."""
+    widths = [
+        (index, int(match[1]))
+        for index, declared in enumerate(result.decltypes)
+        if declared and (match := _CHARACTER.fullmatch(declared))
+    ]
+    if not widths:
+        return result.rows
+    rows = []
+    for row in result.rows:
+        values = list(row)
+        for index, width in widths:
+            value = values[index]
+            if isinstance(value, str) and len(value) < width:
+                values[index] = value.ljust(width)
+        rows.append(tuple(values))
+    return rows
 
 
 def _copy_spec(action: utility.CopyAction, column_count: int) -> CopySpec:

@@ -430,6 +430,14 @@ class Translator:
             self._entries.clear()
 
     def translate(self, sql: str) -> Translated:
+        try:
+            return self._translate(sql)
+        except RecursionError:
+            # Deeply nested SQL exhausts sqlglot's recursive descent (PostgreSQL's
+            # own parser answers the same way).
+            raise SqlError("stack depth limit exceeded", "54001") from None
+
+    def _translate(self, sql: str) -> Translated:
         # Whole texts first: a prepared statement ($n, no literals) is a dict
         # lookup, without the literal scan.
         entry = self._get(sql)

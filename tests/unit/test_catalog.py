@@ -468,3 +468,17 @@ def test_every_mapping_refers_to_parameters_its_captured_text_has() -> None:
         assert used <= captured, pg_sql[:60]
         assert placeholder_max == 0 or placeholder_max in used, pg_sql[:60]
         assert client_queries.lookup(pg_sql) is not None, pg_sql[:60]
+
+
+def test_division_follows_postgresql_and_refuses_zero() -> None:
+    connection = apsw.Connection(":memory:")
+    register(connection)
+    rows = connection.execute(
+        "SELECT pg_div(7, 2), pg_div(-7, 2), pg_mod(7, 3), pg_mod(-7, 3), pg_div(1.0, 4),"
+        " pg_div(NULL, 0)"
+    ).fetchall()
+    assert rows == [(3, -3, 1, -1, 0.25, None)]
+    for sql in ("SELECT pg_div(1, 0)", "SELECT pg_mod(1, 0)", "SELECT pg_div(1.5, 0.0)"):
+        with pytest.raises(SqlError) as raised:
+            connection.execute(sql).fetchall()
+        assert raised.value.sqlstate == "22012"

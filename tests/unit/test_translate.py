@@ -9,6 +9,7 @@ import apsw
 import pytest
 
 from borealis.errors import SqlError
+from compute_node.engine.functions import register
 from compute_node.sql import utility
 from compute_node.sql.translate import Translated, Translator, split, translate_one
 
@@ -203,6 +204,13 @@ def test_cache_hit_is_much_cheaper_than_a_miss() -> None:
     assert hit_us * 5 < miss_us, (hit_us, miss_us)
 
 
+def _sqlite() -> apsw.Connection:
+    """An in-memory database with the functions translations call, as on an instance."""
+    connection = apsw.Connection(":memory:")
+    register(connection)
+    return connection
+
+
 def _run(connection: apsw.Connection, translated: Translated, parameters: list[object]) -> list:
     assert translated.sqlite is not None
     return list(connection.execute(translated.sqlite, translated.bindings(parameters, NOW)))
@@ -210,7 +218,7 @@ def _run(connection: apsw.Connection, translated: Translated, parameters: list[o
 
 @pytest.mark.unit
 def test_pgbench_flow_on_sqlite() -> None:
-    connection = apsw.Connection(":memory:")
+    connection = _sqlite()
     schema = FakeSchema()
     translator = Translator(schema)
     for ddl in [
@@ -251,7 +259,7 @@ def test_pgbench_flow_on_sqlite() -> None:
 
 @pytest.mark.unit
 def test_application_statements_on_sqlite() -> None:
-    connection = apsw.Connection(":memory:")
+    connection = _sqlite()
     schema = FakeSchema()
     schema.tables["users"] = (("id", "int4"), ("name", "varchar"), ("amount", "numeric"))
     for ddl in [
