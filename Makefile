@@ -49,6 +49,7 @@ test-unit: install
 bench: install system-deps
 	$(BIN)/python bench/storage_append.py --quick
 	$(BIN)/python bench/engine_commit.py --quick
+	$(BIN)/python bench/pgbench_compare.py --quick
 
 lint: install
 	$(BIN)/ruff check .

@@ -74,7 +74,20 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         assert [(i["name"], i["role"], i["state"]) for i in document["instances"]] == [
             ("w1", "writer", "running")
         ]
-        assert document["endpoints"] == {}
+        writer_url = document["endpoints"]["writer"]
+        assert writer_url.startswith("postgresql://borealis@127.0.0.1:")
+        assert ":" not in writer_url.split("//", 1)[1].split("@", 1)[0], "no password in the URL"
+        assert document["endpoints"]["instances"] == {"w1": writer_url}
+        password_file = Path(document["password_file"])
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert (data_dir / "users.json").stat().st_mode & 0o777 == 0o600
+        assert password_file.read_text().strip() not in (data_dir / "users.json").read_text()
+        # up tells how to connect, with psql and the bundled client.
+        assert f"psql {writer_url}" in up.stdout and "borealis sql" in up.stdout
+        made = cli("sql", "-c", "CREATE TABLE kept (id int PRIMARY KEY, note text)")
+        assert made.returncode == 0, made.stdout + made.stderr
+        filled = cli("sql", "-c", "INSERT INTO kept VALUES (1, 'survives down and up')")
+        assert filled.returncode == 0, filled.stdout + filled.stderr
 
         status = cli("status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
@@ -149,6 +162,10 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
 
         # The test's segment and PG 0 of the writer's volume.
         assert run(segments) == [2] * 6
+        # Committed rows survive down and up (issue 4, must hold 7).
+        kept = cli("sql", "-c", "SELECT note FROM kept WHERE id = 1")
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert "survives down and up" in kept.stdout
         errors = [
             line
             for log in [*data_dir.glob("s*/node.log"), data_dir / "control_plane.log"]
