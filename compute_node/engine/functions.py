@@ -514,11 +514,10 @@ def _namespace_oid(value: Any) -> int | None:
 
 def _divide(left: Any, right: Any) -> Any:
     """PostgreSQL's `/`: integer division truncates toward zero; 0 is an error."""
-    if left is None or right is None:
+    operands = _operands(left, right)
+    if operands is None:
         return None
-    left, right = _number(left), _number(right)
-    if right == 0:
-        raise SqlError("division by zero", "22012")
+    left, right = operands
     if isinstance(left, int) and isinstance(right, int):
         quotient = abs(left) // abs(right)
         return quotient if (left < 0) == (right < 0) else -quotient
@@ -527,15 +526,24 @@ def _divide(left: Any, right: Any) -> Any:
 
 def _modulo(left: Any, right: Any) -> Any:
     """PostgreSQL's `%`: the sign of the dividend; 0 is an error."""
-    if left is None or right is None:
+    operands = _operands(left, right)
+    if operands is None:
         return None
-    left, right = _number(left), _number(right)
-    if right == 0:
-        raise SqlError("division by zero", "22012")
+    left, right = operands
     if isinstance(left, int) and isinstance(right, int):
         remainder = abs(left) % abs(right)
         return remainder if left >= 0 else -remainder
     return math.fmod(left, right)
+
+
+def _operands(left: Any, right: Any) -> tuple[int | float, int | float] | None:
+    """Both operands as numbers (None if either is NULL); a zero divisor is 22012."""
+    if left is None or right is None:
+        return None
+    divisor = _number(right)
+    if divisor == 0:
+        raise SqlError("division by zero", "22012")
+    return _number(left), divisor
 
 
 def _number(value: Any) -> int | float:

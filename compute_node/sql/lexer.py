@@ -10,6 +10,7 @@ numbers, $n parameters and semicolons. Everything else passes through unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from borealis.errors import SqlError
@@ -90,13 +91,9 @@ def _check_other(sql: str, offset: int) -> None:
         raise _syntax_error(sql, offset, "quoted string")
 
 
-def split(sql: str) -> list[str]:
-    """The statements of a simple Query text, stripped, without their semicolons;
-    comment-only and empty statements are left out. Raises SqlError 42601 with a
-    1-based position for an unterminated string, identifier or comment."""
-    statements: list[str] = []
-    start = 0
-    meaningful = False
+def _spans(sql: str) -> Iterator[tuple[str | None, int, int]]:
+    """(kind, start, end) of each token of `sql`, a block comment or dollar-quoted
+    string as one token (raising SqlError 42601 when one is unterminated)."""
     index = 0
     length = len(sql)
     while index < length:
@@ -108,8 +105,19 @@ def split(sql: str) -> list[str]:
             end = _skip_block_comment(sql, index)
         elif kind == "dollar":
             end = _skip_dollar(sql, index, match.group())
-            meaningful = True
-        elif kind == "semicolon":
+        yield kind, index, end
+        index = end
+
+
+def split(sql: str) -> list[str]:
+    """The statements of a simple Query text, stripped, without their semicolons;
+    comment-only and empty statements are left out. Raises SqlError 42601 with a
+    1-based position for an unterminated string, identifier or comment."""
+    statements: list[str] = []
+    start = 0
+    meaningful = False
+    for kind, index, end in _spans(sql):
+        if kind == "semicolon":
             if meaningful:
                 statements.append(sql[start:index].strip())
             start = end
@@ -117,9 +125,8 @@ def split(sql: str) -> list[str]:
         elif kind == "other":
             _check_other(sql, index)
             meaningful = True
-        elif kind not in ("space", "line_comment"):
+        elif kind not in ("space", "line_comment", "block_comment"):
             meaningful = True
-        index = end
     if meaningful:
         statements.append(sql[start:].strip())
     return statements
@@ -178,21 +185,10 @@ def spaced_parameters(sql: str) -> str:
     if "$" not in sql:
         return sql
     pieces: list[str] = []
-    index = 0
-    length = len(sql)
-    while index < length:
-        match = _TOKEN.match(sql, index)
-        assert match is not None
-        kind = match.lastgroup
-        end = match.end()
-        if kind == "block_comment":
-            end = _skip_block_comment(sql, index)
-        elif kind == "dollar":
-            end = _skip_dollar(sql, index, match.group())
-        pieces.append(sql[index:end])
+    for kind, start, end in _spans(sql):
+        pieces.append(sql[start:end])
         if kind == "parameter":
             pieces.append(" ")
-        index = end
     return "".join(pieces)
 
 
