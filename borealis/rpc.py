@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from borealis.errors import BorealisError, from_grpc, grpc_status_of
 from borealis.log import get_logger
+from proto import admin_pb2, admin_pb2_grpc
 
 log = get_logger("rpc")
 
@@ -110,3 +111,12 @@ async def health_status(address: str, timeout_s: float) -> str:
         except aio.AioRpcError:
             return "UNREACHABLE"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+async def metrics_text(address: str, timeout_s: float) -> str:
+    """The Prometheus text of the process at `address` (its Admin GetMetrics)."""
+    async with aio.insecure_channel(address) as ch:
+        response = await admin_pb2_grpc.AdminStub(ch).GetMetrics(
+            admin_pb2.GetMetricsRequest(), timeout=timeout_s
+        )
+    return str(response.text)

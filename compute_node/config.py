@@ -25,6 +25,9 @@ class ComputeNodeConfig:
     database: str = "borealis"
     # JSON file {user: SCRAM-SHA-256 verifier}, written by the launcher (mode 0600).
     users_file: Path | None = None
+    # The router's secret (file, mode 0600): a login presenting it skips SCRAM, the
+    # router having authenticated the client itself. None: no proxy logins.
+    proxy_secret_file: Path | None = None
     pg_connections_max: int = 200
     # A Query or Parse message with a longer statement gets SQLSTATE 54000.
     pg_statement_bytes_max: int = 2**20
@@ -42,6 +45,9 @@ class ComputeNodeConfig:
     lal_lsns: int = 1_000_000
     storage_rpc_timeout_ms: int = 5000
     shutdown_grace_ms: int = 5000
+    # A reader's writer: its gRPC host:port. Empty: the writer named in the cluster
+    # file (instances[role=writer].address), looked up again at each resubscription.
+    writer_address: str = ""
     log_level: str = "info"
 
     def __post_init__(self) -> None:

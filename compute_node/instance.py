@@ -3,12 +3,20 @@
 The writer creates the volume on first start (when no storage node holds a segment
 of it) and otherwise reopens it, which runs recovery (fencing any older writer).
 It serves the PostgreSQL protocol (borealis/pgwire, one SqlSession per client
-connection), gRPC health and the Admin API (failpoints, metrics). Health turns
-SERVING only once the PostgreSQL endpoint accepts connections.
+connection), gRPC health, the Admin API (failpoints, metrics) and the redo stream to
+readers (compute_node/replication/publisher.py). Health turns SERVING only once the
+PostgreSQL endpoint accepts connections.
+
+A reader (`--role reader`) opens the same volume read-only (ReplicaVolume: no epoch
+bump, no recovery, no shipping), subscribes to the writer's redo stream
+(`writer_address`, or the writer named in the cluster file), waits until it has a
+read point, then opens a read-only engine and serves PostgreSQL; writes get SQLSTATE
+25006 in the SQL layer, and SQLite connections are all read-only underneath.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -23,16 +31,21 @@ from borealis.pgwire.server import PgServer, ServerSettings, start_server
 from borealis.serving import Serving, until_stopped
 from compute_node.config import ComputeNodeConfig
 from compute_node.engine.sessions import Engine
+from compute_node.replication.publisher import SERVICE_NAME as REPLICATION_SERVICE
+from compute_node.replication.publisher import Publisher, ReplicationService
+from compute_node.replication.replica import ReplicaVolume
+from compute_node.replication.subscriber import Subscription, writer_address_from
 from compute_node.sql.session import InstanceSql, SqlSession
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.volume import Volume
-from proto import admin_pb2_grpc
+from proto import admin_pb2_grpc, replication_pb2_grpc
 from storage_node.segment import Member
 
 log = get_logger("compute_node")
 
 SERVICE_NAMES = ["borealis.admin.Admin"]
 SERVER_VERSION = "15.8 (Borealis 0.1.0)"
+CONNECTIONS_METRIC = "pg_connections"
 
 
 def storage_members(config: ComputeNodeConfig) -> list[Member]:
@@ -41,15 +54,19 @@ def storage_members(config: ComputeNodeConfig) -> list[Member]:
     return [Member(node["name"], node["address"], node["az"]) for node in document["storage_nodes"]]
 
 
-async def open_volume(config: ComputeNodeConfig) -> Volume:
-    """Creates the volume if no storage node holds it yet, else reopens it as its writer."""
-    volume_id = VolumeId(config.volume_id)
-    nodes = storage_members(config)
-    volume_config = VolumeConfig(
+def volume_config_of(config: ComputeNodeConfig) -> VolumeConfig:
+    return VolumeConfig(
         pages_per_pg=config.pages_per_pg,
         lal_lsns=config.lal_lsns,
         cache_capacity_bytes=config.buffer_cache_bytes,
     )
+
+
+async def open_volume(config: ComputeNodeConfig) -> Volume:
+    """Creates the volume if no storage node holds it yet, else reopens it as its writer."""
+    volume_id = VolumeId(config.volume_id)
+    nodes = storage_members(config)
+    volume_config = volume_config_of(config)
     try:
         return await Volume.create(volume_id, nodes, volume_config)
     except AlreadyExists:
@@ -58,26 +75,36 @@ async def open_volume(config: ComputeNodeConfig) -> Volume:
 
 class Instance:
     def __init__(self, config: ComputeNodeConfig) -> None:
-        if config.role != "writer":
-            raise InvalidRequest("only the writer role exists so far", role=config.role)
+        if config.role not in ("writer", "reader"):
+            raise InvalidRequest("unknown role", role=config.role)
         self.config = config
         self.metrics = Metrics("borealis_instance")
 
     async def run(self) -> None:
+        if self.config.role == "reader":
+            await self._run_reader()
+            return
         volume = await open_volume(self.config)
         volume.register_metrics(self.metrics)
+        publisher = Publisher(volume)
+        publisher.register_metrics(self.metrics)
         engine = await Engine.open(
             volume, volume.wait_durable, readers=self.config.reader_connections
         )
+        publisher.set_read_point_oldest(engine.vfs.state.read_point_oldest)
+        publisher.start()
         log.info("volume open", volume=self.config.volume_id, vdl=volume.vdl, pgs=volume.pg_count)
         postgres = await self._serve_postgres(engine)
 
         server = rpc.server(16 * 2**20)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
+        replication_pb2_grpc.add_ReplicationServicer_to_server(
+            ReplicationService(publisher), server
+        )
         config = self.config
         serving = await Serving.start(
             server,
-            SERVICE_NAMES,
+            [*SERVICE_NAMES, REPLICATION_SERVICE],
             config.host,
             config.port,
             config.data_dir,
@@ -89,6 +116,7 @@ class Instance:
 
         log.info("instance stopping", name=config.name)
         await postgres.close()
+        await publisher.close()
         await serving.stop(config.shutdown_grace_ms / 1000)
         await engine.close()
         # Whatever was acknowledged is durable already; wait for the rest so a clean
@@ -97,6 +125,56 @@ class Instance:
             await volume.wait_durable(volume.lsn_newest(), self.config.shutdown_grace_ms / 1000)
         await volume.close()
         log.info("instance stopped", name=self.config.name)
+
+    async def _run_reader(self) -> None:
+        """A reader instance: see the module docstring."""
+        config = self.config
+        replica = ReplicaVolume(
+            VolumeId(config.volume_id), storage_members(config), volume_config_of(config)
+        )
+        replica.register_metrics(self.metrics)
+
+        def writer_address() -> str | None:
+            return config.writer_address or writer_address_from(config.cluster_file)
+
+        subscription = Subscription(replica, config.name, writer_address)
+        subscription.register_metrics(self.metrics)
+        following = asyncio.ensure_future(subscription.run())
+        engine: Engine | None = None
+        try:
+            await subscription.started.wait()
+            engine = await Engine.open(
+                replica, _durable_already, readers=config.reader_connections, read_only=True
+            )
+            state = engine.vfs.state
+            replica.attach(state.advance, state.read_point_oldest)
+            subscription.set_read_point_oldest(state.read_point_oldest)
+            log.info("reader has a read point", name=config.name, lsn=replica.lsn_applied)
+            postgres = await self._serve_postgres(engine)
+            server = rpc.server(16 * 2**20)
+            admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
+            serving = await Serving.start(
+                server,
+                SERVICE_NAMES,
+                config.host,
+                config.port,
+                config.data_dir,
+                self.metrics,
+                config.metrics_port,
+            )
+            log.info("instance serving", name=config.name, role=config.role, port=serving.port)
+            await until_stopped()
+            log.info("instance stopping", name=config.name)
+            await postgres.close()
+            await serving.stop(config.shutdown_grace_ms / 1000)
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await following
+            if engine is not None:
+                await engine.close()
+            await replica.close()
+        log.info("instance stopped", name=config.name)
 
     async def _serve_postgres(self, engine: Engine) -> PgServer:
         config = self.config
@@ -110,15 +188,21 @@ class Instance:
         async def backend(startup: Startup) -> SqlSession:
             return SqlSession(shared, engine.session(), startup)
 
+        proxy_secret = None
+        if config.proxy_secret_file is not None:
+            proxy_secret = config.proxy_secret_file.read_text().strip()
         settings = ServerSettings(
             server_version=SERVER_VERSION,
             connections_max=config.pg_connections_max,
             query_bytes_max=config.pg_statement_bytes_max,
-            read_only=shared.read_only,
+            read_only=config.role != "writer",
+            proxy_secret=proxy_secret,
         )
         server = await start_server(
             config.host, config.pg_port, backend, self._verifier_of, settings
         )
+        self.metrics.declare(CONNECTIONS_METRIC, "gauge", "PostgreSQL client connections open now")
+        self.metrics.collector(lambda: [(CONNECTIONS_METRIC, {}, server.connection_count)])
         log.info("postgres endpoint serving", host=config.host, port=server.port)
         return server
 
@@ -134,3 +218,7 @@ class Instance:
             return None
         verifier = users.get(user)
         return verifier if isinstance(verifier, str) else None
+
+
+async def _durable_already(lsn: object) -> None:
+    """A reader reads only at or below the writer's VDL: everything it shows is durable."""

@@ -1,8 +1,9 @@
-"""python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--storage-set K=V ...]
+"""python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--readers N] ...
 
 Started in the background by `borealis up`. It starts and supervises the cluster's
-processes, serves gRPC health on the base port, writes DIR/cluster.json, and on
-SIGTERM stops everything it started.
+processes (storage nodes, the writer, readers, the router), serves gRPC health and
+the ControlPlane API (control_plane/service.py) on the base port, writes
+DIR/cluster.json, and on SIGTERM stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from borealis import faults, log
 from borealis.errors import BorealisError
+from control_plane.service import ControlPlaneService
 from control_plane.supervisor import Supervisor
 from deploy.local import LocalCluster
 from deploy.ports import PortAllocator, port_is_free
+from proto import control_pb2_grpc
 
 logger = log.get_logger("control_plane")
 
@@ -33,6 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--storage-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--instance-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-writer", action="store_true", help="start only the storage tier")
+    parser.add_argument("--readers", type=int, default=0, help="reader instances to start")
     return parser.parse_args(argv)
 
 
@@ -50,13 +54,17 @@ def build_cluster(args: argparse.Namespace) -> LocalCluster:
         storage_overrides=dict(item.split("=", 1) for item in args.storage_set),
         writer=not args.no_writer,
         instance_overrides=dict(item.split("=", 1) for item in args.instance_set),
+        readers=args.readers,
+        router=not args.no_writer,
     )
 
 
-def serve_health(port: int) -> tuple[grpc.Server, health.HealthServicer]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+def serve(port: int, supervisor: Supervisor) -> tuple[grpc.Server, health.HealthServicer]:
+    """Health and the ControlPlane API on the base port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    control_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(supervisor), server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise BorealisError("cannot listen on the control plane port", port=port)
     server.start()
@@ -71,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if not port_is_free(args.base_port):
         logger.error("control plane port is in use", port=args.base_port)
         return 2
-    server, servicer = serve_health(args.base_port)
     supervisor = Supervisor(build_cluster(args), args.base_port)
+    server, servicer = serve(args.base_port, supervisor)
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
     try:

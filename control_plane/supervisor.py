@@ -14,9 +14,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from borealis.errors import Unavailable
+from borealis.errors import InvalidRequest, Unavailable
 from borealis.log import get_logger
-from deploy.local import LocalCluster, NodeProcess
+from deploy.local import InstanceProcess, LocalCluster, NodeProcess
 
 log = get_logger("control_plane.supervisor")
 
@@ -48,6 +48,8 @@ class Supervisor:
         self.interval_s = interval_s
         self.policy = policy or RestartPolicy()
         self.stopping = threading.Event()
+        # Held by the supervision loop's passes and by every change the API asks for.
+        self.lock = threading.Lock()
         self._history: dict[str, _History] = {}
         self.restarts_total = 0
         self.cluster.control_plane = {
@@ -71,17 +73,56 @@ class Supervisor:
     def run(self) -> None:
         """Supervises until `stopping` is set, then stops every process."""
         while not self.stopping.wait(self.interval_s):
-            changed = False
-            for process in self.cluster.processes():
-                changed |= self._check(process)
-            if changed:
-                self.write_cluster_file()
+            with self.lock:
+                changed = False
+                for process in self.cluster.processes():
+                    changed |= self._check(process)
+                if changed:
+                    self.write_cluster_file()
         self.cluster.stop()
         self.write_cluster_file()
         log.info("cluster stopped")
 
+    # -- changes asked through the API (control_plane/service.py) ----------------------
+
+    def add_reader(self, tier: int) -> InstanceProcess:
+        with self.lock:
+            if not any(i.role == "writer" for i in self.cluster.instances):
+                raise InvalidRequest("the cluster has no writer to read from")
+            reader = self.cluster.add_reader(tier)
+        log.info("reader added", name=reader.name, tier=tier, pid=reader.pid)
+        return reader
+
+    def remove_reader(self, name: str, drain_timeout_s: float) -> int:
+        """Marks the reader draining (the router stops sending it new sessions and
+        moves its idle ones), waits up to the timeout for its sessions to go, then
+        stops and forgets it. Returns the sessions still open at the stop."""
+        with self.lock:
+            reader = self.cluster.instance(name)
+            if reader.role != "reader":
+                raise InvalidRequest(
+                    "only a reader can be removed", instance=name, role=reader.role
+                )
+            reader.state = "draining"
+            self.write_cluster_file()
+        deadline = time.monotonic() + drain_timeout_s
+        sessions = self.cluster.router_sessions(name)
+        while sessions and time.monotonic() < deadline and not self.stopping.is_set():
+            time.sleep(0.1)
+            sessions = self.cluster.router_sessions(name)
+        with self.lock:
+            self.cluster.remove_instance(name)
+        log.info("reader removed", name=name, sessions_closed=sessions)
+        return sessions
+
+    def create_endpoint(self, name: str, instances: list[str]) -> str:
+        if not name or not instances:
+            raise InvalidRequest("an endpoint needs a name and at least one instance")
+        with self.lock:
+            return self.cluster.create_endpoint(name, instances)
+
     def _check(self, process: NodeProcess) -> bool:
-        if process.state in ("stopped", "failed") or process.is_running():
+        if process.state in ("stopped", "failed", "draining") or process.is_running():
             return False
         history = self._history.setdefault(process.name, _History())
         now = time.monotonic()

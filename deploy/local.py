@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from borealis import config as config_module
-from borealis import rpc
+from borealis import metrics, rpc
 from borealis.errors import NotFound, Unavailable
 from borealis.wait import wait_until
 from compute_node.config import ComputeNodeConfig
@@ -38,6 +39,11 @@ ADMIN_USER = "borealis"
 DATABASE = "borealis"
 PASSWORD_FILE = "password"
 USERS_FILE = "users.json"
+# The secret the router presents to instances in place of a client's password.
+PROXY_SECRET_FILE = "proxy_secret"
+ROUTER_NAME = "router"
+# The router's gauge of client sessions per backend instance (label `instance`).
+ROUTER_SESSIONS_METRIC = "borealis_router_sessions"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +188,8 @@ class InstanceProcess(NodeProcess):
     metrics_url: str = ""
     pg_host: str = "127.0.0.1"
     pg_port: int = 0
+    # Failover priority (Aurora's promotion tier): 0 is promoted first.
+    tier: int = 1
 
     def url(self, user: str = ADMIN_USER, database: str = DATABASE) -> str:
         """The instance's PostgreSQL endpoint, without a password."""
@@ -199,9 +207,11 @@ def _write_private(path: Path, text: str) -> None:
 def ensure_credentials(data_dir: Path) -> None:
     """Creates the admin user with a generated password on first start: the
     password in DIR/password, its SCRAM verifier (never the password) in
-    DIR/users.json, both mode 0600."""
+    DIR/users.json, and the router's proxy secret, all mode 0600."""
     from borealis.pgwire.scram import make_verifier
 
+    if not (data_dir / PROXY_SECRET_FILE).exists():
+        _write_private(data_dir / PROXY_SECRET_FILE, secrets.token_urlsafe(32) + "\n")
     users = data_dir / USERS_FILE
     if users.exists():
         return
@@ -222,6 +232,9 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         writer: bool = False,
         instance_overrides: dict[str, Any] | None = None,
+        readers: int = 0,
+        router: bool = False,
+        router_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.ports = ports or PortAllocator()
@@ -232,6 +245,13 @@ class LocalCluster:
         self.instance_overrides = instance_overrides or {}
         self.storage_nodes: list[StorageNodeProcess] = []
         self.instances: list[InstanceProcess] = []
+        self.reader_count = readers
+        self.with_router = router
+        self.router_overrides = router_overrides or {}
+        self.router: NodeProcess | None = None
+        self.router_ports: dict[str, int] = {}
+        # name -> {"port": P, "instances": [names]}: router ports over chosen instances.
+        self.custom_endpoints: dict[str, dict[str, Any]] = {}
         # Written into cluster.json by whoever supervises the cluster.
         self.control_plane: dict[str, Any] = {}
 
@@ -240,18 +260,25 @@ class LocalCluster:
         config, path = self._write_config(StorageNodeConfig, "storage_node", values)
         return self._process_of(config, path)
 
-    def _instance(self, name: str, role: str) -> InstanceProcess:
-        values = {
+    def _instance(self, name: str, role: str, tier: int = 1) -> InstanceProcess:
+        values: dict[str, Any] = {
             "name": name,
             "role": role,
             "cluster_file": self.data_dir / CLUSTER_FILE,
             "users_file": self.data_dir / USERS_FILE,
+            "proxy_secret_file": self.data_dir / PROXY_SECRET_FILE,
             "database": DATABASE,
             "pg_port": self.ports.allocate(),
             **self.instance_overrides,
         }
+        if role == "reader":
+            # Not from cluster.json: a reader serves only once it follows the writer,
+            # and the first cluster.json is written once every instance serves.
+            values["writer_address"] = self.writer().address
         config, path = self._write_config(ComputeNodeConfig, "compute_node", values)
-        return self._instance_of(config, path)
+        instance = self._instance_of(config, path)
+        instance.tier = tier
+        return instance
 
     def _write_config(self, cls: type[T], table: str, values: dict[str, Any]) -> tuple[T, Path]:
         """A new process's config (its ports from the allocator) in its own directory."""
@@ -301,8 +328,14 @@ class LocalCluster:
             ]
         if self.with_writer and not self.instances:
             self.instances = [self._instance("w1", "writer")]
+            self.instances += [
+                self._instance(f"r{index + 1}", "reader") for index in range(self.reader_count)
+            ]
+        if self.with_router and self.router is None:
+            self.router = self._router_process()
+        routers = [self.router] if self.router is not None else []
         try:
-            for group in (self.storage_nodes, self.instances):
+            for group in (self.storage_nodes, self.instances, routers):
                 for process in group:
                     if not process.is_running():
                         process.state = "starting"
@@ -317,10 +350,95 @@ class LocalCluster:
         return self
 
     def processes(self) -> list[NodeProcess]:
-        return [*self.storage_nodes, *self.instances]
+        routers = [self.router] if self.router is not None else []
+        return [*self.storage_nodes, *self.instances, *routers]
+
+    def add_reader(self, tier: int = 1) -> InstanceProcess:
+        """A new reader instance (started, serving) named after the highest so far."""
+        numbers = [
+            int(i.name[1:]) for i in self.instances if i.name[:1] == "r" and i.name[1:].isdigit()
+        ]
+        reader = self._instance(f"r{max(numbers, default=0) + 1}", "reader", tier)
+        self.instances.append(reader)
+        reader.state = "starting"
+        reader.start()
+        reader.state = "running"
+        self.write_cluster_file()
+        return reader
+
+    def remove_instance(self, name: str) -> None:
+        """Stops an instance and forgets it (its directory is removed: a reader keeps
+        nothing durable). Custom endpoints stop naming it."""
+        instance = self.instance(name)
+        instance.stop()
+        self.instances.remove(instance)
+        for endpoint in self.custom_endpoints.values():
+            endpoint["instances"] = [each for each in endpoint["instances"] if each != name]
+        shutil.rmtree(instance.directory, ignore_errors=True)
+        self.write_cluster_file()
+
+    def instance(self, name: str) -> InstanceProcess:
+        for instance in self.instances:
+            if instance.name == name:
+                return instance
+        raise NotFound("no such instance in the cluster", instance=name)
+
+    def router_sessions(self, instance: str) -> int:
+        """Client sessions the router has on `instance` now (0 without a router)."""
+        router = self.router
+        if router is None or not router.is_running():
+            return 0
+        samples = metrics.parse(asyncio.run(rpc.metrics_text(router.address, 2.0)))
+        return int(samples.get(f'{ROUTER_SESSIONS_METRIC}{{instance="{instance}"}}', 0))
+
+    def create_endpoint(self, name: str, instances: list[str]) -> str:
+        """A custom endpoint on a new router port (the router picks it up from
+        cluster.json); redefining an existing name keeps its port."""
+        for each in instances:
+            self.instance(each)
+        existing = self.custom_endpoints.get(name)
+        port = existing["port"] if existing else self.ports.allocate()
+        self.custom_endpoints[name] = {"port": port, "instances": list(instances)}
+        self.write_cluster_file()
+        return self._url(port)
+
+    def _url(self, port: int) -> str:
+        return f"postgresql://{ADMIN_USER}@127.0.0.1:{port}/{DATABASE}"
+
+    def _router_process(self) -> NodeProcess:
+        from router.config import RouterConfig
+
+        directory = self.data_dir / ROUTER_NAME
+        values = {
+            "name": ROUTER_NAME,
+            "data_dir": directory,
+            "port": self.ports.allocate(),
+            "metrics_port": self.ports.allocate(),
+            "writer_port": self.ports.allocate(),
+            "reader_port": self.ports.allocate(),
+            "cluster_file": self.data_dir / CLUSTER_FILE,
+            "users_file": self.data_dir / USERS_FILE,
+            "proxy_secret_file": self.data_dir / PROXY_SECRET_FILE,
+            **self.router_overrides,
+        }
+        config = config_module.build(RouterConfig, values)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "router.toml"
+        path.write_text("[router]\n" + config_module.to_toml(config))
+        return self._router_of(config, path)
+
+    def _router_of(self, config: Any, config_path: Path) -> NodeProcess:
+        self.router_ports = {"writer": config.writer_port, "reader": config.reader_port}
+        fields = self._launch_fields(config, "router", config_path)
+        fields.pop("metrics_url")
+        return NodeProcess(**fields)
 
     def stop(self, immediate: bool = False) -> None:
-        """Stops the instances first (a writer finishes shipping), then storage."""
+        """Stops the router and the instances first (a writer finishes shipping),
+        then storage."""
+        if self.router is not None:
+            self.router.stop(immediate)
+            self.router.state = "stopped"
         for process in [*self.instances, *self.storage_nodes]:
             process.stop(immediate)
             process.state = "stopped"
@@ -362,9 +480,12 @@ class LocalCluster:
                     "directory": str(instance.directory),
                     "log": str(instance.log_path),
                     "endpoint": instance.url(),
+                    "tier": instance.tier,
                 }
                 for instance in self.instances
             ],
+            "router": self._router_entry(),
+            "custom_endpoints": self.custom_endpoints,
             "endpoints": self.endpoints(),
             "user": ADMIN_USER,
             "database": DATABASE,
@@ -375,13 +496,35 @@ class LocalCluster:
         path.with_suffix(".tmp").replace(path)
 
     def endpoints(self) -> dict[str, Any]:
-        """PostgreSQL URLs: `writer` (the current writer) and one per instance."""
+        """PostgreSQL URLs: `writer` and `reader` (through the router when there is
+        one; else the writer instance itself), each custom endpoint, and each
+        instance's own."""
         endpoints: dict[str, Any] = {}
         for instance in self.instances:
             if instance.role == "writer":
-                endpoints["writer"] = instance.url()
+                endpoints["writer"] = endpoints["reader"] = instance.url()
+        if self.router is not None:
+            endpoints["writer"] = self._url(self.router_ports["writer"])
+            endpoints["reader"] = self._url(self.router_ports["reader"])
+        endpoints["custom"] = {
+            name: self._url(endpoint["port"]) for name, endpoint in self.custom_endpoints.items()
+        }
         endpoints["instances"] = {instance.name: instance.url() for instance in self.instances}
         return endpoints
+
+    def _router_entry(self) -> dict[str, Any] | None:
+        router = self.router
+        if router is None:
+            return None
+        return {
+            "name": router.name,
+            "address": router.address,
+            "pid": router.pid,
+            "state": router.state,
+            "directory": str(router.directory),
+            "log": str(router.log_path),
+            **{f"{name}_port": port for name, port in self.router_ports.items()},
+        }
 
     @property
     def password(self) -> str:
@@ -404,6 +547,22 @@ class LocalCluster:
         for config_path in sorted(cluster.data_dir.glob("*/compute_node.toml")):
             config = config_module.load(ComputeNodeConfig, config_path, table="compute_node")
             cluster.instances.append(cluster._instance_of(config, config_path))
+        router_config = cluster.data_dir / ROUTER_NAME / "router.toml"
+        if router_config.exists():
+            from router.config import RouterConfig
+
+            config = config_module.load(RouterConfig, router_config, table="router")
+            cluster.router = cluster._router_of(config, router_config)
+            cluster.with_router = True
+        # What only cluster.json records: tiers and custom endpoints.
+        try:
+            document = read_cluster_file(cluster.data_dir)
+        except NotFound:
+            return cluster
+        tiers = {entry["name"]: entry.get("tier", 1) for entry in document.get("instances", [])}
+        for instance in cluster.instances:
+            instance.tier = tiers.get(instance.name, instance.tier)
+        cluster.custom_endpoints = document.get("custom_endpoints") or {}
         return cluster
 
     @classmethod
@@ -412,9 +571,10 @@ class LocalCluster:
         document = read_cluster_file(data_dir)
         cluster = cls.reopen(Path(document["data_dir"]))
         cluster.control_plane = document.get("control_plane", {})
+        router = [document["router"]] if document.get("router") else []
         entries = {
             entry["name"]: entry
-            for entry in [*document["storage_nodes"], *document.get("instances", [])]
+            for entry in [*document["storage_nodes"], *document.get("instances", []), *router]
         }
         for node in cluster.processes():
             entry = entries.get(node.name, {})

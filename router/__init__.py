@@ -1,4 +1,2 @@
-"""Cluster endpoints (writer, reader, custom, distributed) over the PostgreSQL protocol.
-
-Not built yet: see issue 5.
-"""
+"""Cluster endpoints over the PostgreSQL protocol: writer, reader and custom
+endpoints, served by one router process (`python -m router`); see proxy.py."""

@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from borealis import rpc
+import grpc
+
+from borealis import metrics, rpc
 from borealis.cli import sql
-from borealis.errors import BorealisError, NotFound, Unavailable
+from borealis.errors import BorealisError, NotFound, Unavailable, from_grpc
 from borealis.wait import wait_until
 from deploy.local import REPO_ROOT, pid_alive, read_cluster_file
+from proto import control_pb2, control_pb2_grpc
 from storage_node.client import StorageClient
 
 DEFAULT_DATA_DIR = Path(".borealis")
@@ -31,6 +34,11 @@ DEFAULT_DATA_DIR = Path(".borealis")
 DEFAULT_BASE_PORT = 7400
 UP_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 30.0
+# Adding a reader waits for it to serve; removing one waits for its drain.
+CONTROL_TIMEOUT_S = 120.0
+# Read from each instance's metrics for `status`.
+CONNECTIONS_METRIC = "borealis_instance_pg_connections"
+LAG_METRIC = "borealis_instance_replica_lag_ms"
 
 
 def _document(data_dir: Path) -> dict[str, Any] | None:
@@ -67,6 +75,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv += ["--instance-set", item]
     if args.no_writer:
         argv.append("--no-writer")
+    if args.readers:
+        argv += ["--readers", str(args.readers)]
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -90,7 +100,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             and document["control_plane"].get("pid") == process.pid
             and all(
                 process["state"] == "running"
-                for process in [*document["storage_nodes"], *document["instances"]]
+                for process in [
+                    *document["storage_nodes"],
+                    *document["instances"],
+                    *([document["router"]] if document.get("router") else []),
+                ]
             )
         )
 
@@ -149,6 +163,47 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control_plane(data_dir: Path) -> control_pb2_grpc.ControlPlaneStub:
+    document = read_cluster_file(data_dir)
+    if not _control_plane_running(document):
+        raise Unavailable("the cluster is not running (borealis up starts it)")
+    channel = grpc.insecure_channel(document["control_plane"]["address"])
+    return control_pb2_grpc.ControlPlaneStub(channel)
+
+
+def _call(method: Any, request: Any) -> Any:
+    try:
+        return method(request, timeout=CONTROL_TIMEOUT_S)
+    except grpc.RpcError as error:
+        raise from_grpc(error) from None
+
+
+def cmd_add_reader(args: argparse.Namespace) -> int:
+    stub = _control_plane(Path(args.data_dir).resolve())
+    added = _call(stub.AddReader, control_pb2.AddReaderRequest(tier=args.tier))
+    print(f"reader {added.name} serving at {added.endpoint}")
+    return 0
+
+
+def cmd_remove_reader(args: argparse.Namespace) -> int:
+    stub = _control_plane(Path(args.data_dir).resolve())
+    request = control_pb2.RemoveReaderRequest(
+        name=args.name, drain_timeout_ms=int(args.drain_timeout_s * 1000)
+    )
+    removed = _call(stub.RemoveReader, request)
+    print(f"reader {args.name} removed ({removed.sessions_closed} sessions were still open)")
+    return 0
+
+
+def cmd_endpoint_create(args: argparse.Namespace) -> int:
+    stub = _control_plane(Path(args.data_dir).resolve())
+    instances = [name.strip() for name in args.instances.split(",") if name.strip()]
+    request = control_pb2.CreateEndpointRequest(name=args.name, instances=instances)
+    created = _call(stub.CreateEndpoint, request)
+    print(f"endpoint {args.name}: {created.url}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     return print_status(Path(args.data_dir).resolve(), as_json=args.json)
 
@@ -165,11 +220,18 @@ def print_status(data_dir: Path, as_json: bool) -> int:
 
     async def instance_health(instance: dict[str, Any]) -> None:
         instance["health"] = await _health(instance)
+        instance["connections"] = instance["lag_ms"] = None
+        if instance["health"] == "SERVING":
+            samples = metrics.parse(await rpc.metrics_text(instance["address"], 2.0))
+            instance["connections"] = samples.get(CONNECTIONS_METRIC)
+            instance["lag_ms"] = samples.get(LAG_METRIC)
 
     async def gather() -> None:
+        router = [document["router"]] if document.get("router") else []
         await asyncio.gather(
             *(storage_health(node) for node in document["storage_nodes"]),
             *(instance_health(instance) for instance in document["instances"]),
+            *(_set_health(process) for process in router),
         )
 
     asyncio.run(gather())
@@ -186,10 +248,35 @@ def print_status(data_dir: Path, as_json: bool) -> int:
         for node in document["storage_nodes"]:
             shown = str(node["segments"]) if node["segments"] >= 0 else "-"
             print(_row(node, "storage", node["az"]) + f" {shown:>8}")
+        print()
+        print(
+            f"{'name':<6} {'role':<8} {'tier':>4} {'lag_ms':>8} {'conns':>6} {'state':<11} "
+            f"{'health':<12} endpoint"
+        )
         for instance in document["instances"]:
-            print(_row(instance, instance["role"], "-") + f"  {instance.get('endpoint', '')}")
-    processes = [*document["storage_nodes"], *document["instances"]]
+            lag = "-" if instance["lag_ms"] is None else f"{instance['lag_ms']:.1f}"
+            connections = "-" if instance["connections"] is None else int(instance["connections"])
+            print(
+                f"{instance['name']:<6} {instance['role']:<8} {instance.get('tier', 1):>4} "
+                f"{lag:>8} {connections:>6} {instance['state']:<11} {instance['health']:<12} "
+                f"{instance.get('endpoint', '')}"
+            )
+        endpoints = document.get("endpoints", {})
+        if document.get("router"):
+            router = document["router"]
+            print(f"\nrouter: {router['health']} (pid {router['pid']}, {router['address']})")
+        for name in ("writer", "reader"):
+            if name in endpoints:
+                print(f"{name} endpoint: {endpoints[name]}")
+        for name, url in endpoints.get("custom", {}).items():
+            print(f"custom endpoint {name}: {url}")
+    router = [document["router"]] if document.get("router") else []
+    processes = [*document["storage_nodes"], *document["instances"], *router]
     return 0 if all(process["health"] == "SERVING" for process in processes) else 1
+
+
+async def _set_health(process: dict[str, Any]) -> None:
+    process["health"] = await _health(process)
 
 
 async def _health(process: dict[str, Any]) -> str:
@@ -230,7 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-set", action="append", default=[], metavar="KEY=VALUE", help="instance setting"
     )
     up.add_argument("--no-writer", action="store_true", help="start only the storage tier")
+    up.add_argument("--readers", type=int, default=0, help="reader instances to start")
     up.set_defaults(run=cmd_up)
+
+    add_reader = commands.add_parser("add-reader", help="start one more reader instance")
+    add_reader.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    add_reader.add_argument("--tier", type=int, default=1, help="failover priority, 0 first")
+    add_reader.set_defaults(run=cmd_add_reader)
+
+    remove_reader = commands.add_parser(
+        "remove-reader", help="drain a reader's sessions, then stop it"
+    )
+    remove_reader.add_argument("name")
+    remove_reader.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    remove_reader.add_argument("--drain-timeout-s", type=float, default=10.0)
+    remove_reader.set_defaults(run=cmd_remove_reader)
+
+    endpoint = commands.add_parser("endpoint", help="custom endpoints")
+    endpoint_commands = endpoint.add_subparsers(dest="endpoint_command", required=True)
+    create = endpoint_commands.add_parser("create", help="an endpoint over chosen instances")
+    create.add_argument("name")
+    create.add_argument("--instances", required=True, help="comma-separated instance names")
+    create.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    create.set_defaults(run=cmd_endpoint_create)
 
     down = commands.add_parser("down", help="stop the local cluster")
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

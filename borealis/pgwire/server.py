@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import re
 import secrets
 import ssl
@@ -51,7 +52,15 @@ class ServerSettings:
     copy_row_bytes_max: int = 16 * 1024 * 1024
     parameters: Mapping[str, str] = field(default_factory=dict)
     """ParameterStatus values that override the defaults (e.g. TimeZone)."""
+    proxy_secret: str | None = None
+    """The router's shared secret: a startup packet carrying it as
+    PROXY_SECRET_PARAMETER logs in without SCRAM (the router authenticated the
+    client already). None: no proxy login is accepted."""
 
+
+# The startup parameter by which the router presents the proxy secret; it is never
+# treated as a client parameter.
+PROXY_SECRET_PARAMETER = "_borealis_proxy_secret"
 
 BackendFactory = Callable[[Startup], Awaitable[Backend]]
 VerifierOf = Callable[[str], "str | None"]
@@ -357,6 +366,10 @@ class _Connection:
 
     async def _authenticate(self, startup: m.StartupMessage) -> None:
         self.user = startup.parameters["user"]
+        offered = startup.parameters.pop(PROXY_SECRET_PARAMETER, None)
+        if offered is not None:
+            self._authenticate_proxy(offered)
+            return
         exchange = ScramExchange(self.user, self.server._verifier_of(self.user))
         self._send(m.authentication_sasl([MECHANISM]))
         try:
@@ -371,6 +384,18 @@ class _Connection:
             log.info("authentication failed", user=self.user)
             self._send_error(error, severity="FATAL")
             raise _Fatal() from None
+        self._send(m.AUTHENTICATION_OK)
+
+    def _authenticate_proxy(self, offered: str) -> None:
+        """A login through the router, which checked the client's password itself.
+        A wrong secret, or none configured, fails exactly as a wrong password does."""
+        expected = self.settings.proxy_secret
+        if expected is None or not hmac.compare_digest(
+            offered.encode("utf-8"), expected.encode("utf-8")
+        ):
+            log.info("proxy authentication failed", user=self.user)
+            self._send_error(AuthenticationFailed(self.user), severity="FATAL")
+            raise _Fatal()
         self._send(m.AUTHENTICATION_OK)
 
     async def _expect_password(self) -> m.PasswordMessage:

@@ -242,8 +242,16 @@ class _Outcome(NamedTuple):
 class _Connection:
     """An EngineConnection and what runs on it. Used only on its worker's thread."""
 
-    def __init__(self, connection: EngineConnection, state_newest: Callable[[], Lsn]) -> None:
+    def __init__(
+        self,
+        connection: EngineConnection,
+        state_newest: Callable[[], Lsn],
+        read_only_engine: bool = False,
+    ) -> None:
         self.connection = connection
+        # On a read-only engine (a reader instance) no connection writes, so a
+        # write refused by SQLite is the statement's error, not a move to the writer.
+        self._read_only_engine = read_only_engine
         self.sqlite = connection.sqlite
         self.file: VolumeFile = connection.file
         self.cursor = connection.sqlite.cursor()
@@ -322,7 +330,11 @@ class _Connection:
         return _Outcome(result, error, in_transaction, file.read_point, file.lsn_seen_max)
 
     def _map_error(self, error: BaseException) -> BaseException:
-        if isinstance(error, apsw.ReadOnlyError) and not self.file.writable:
+        if (
+            isinstance(error, apsw.ReadOnlyError)
+            and not self.file.writable
+            and not self._read_only_engine
+        ):
             return _ReadOnly()
         if isinstance(error, apsw.InterruptError):
             return QueryCanceled("canceling statement due to user request")
@@ -591,25 +603,33 @@ class Engine:
         file_class: type[VolumeFile] = VolumeFile,
         jobs_max: int = WORKER_JOBS_MAX,
         writer_reads_max: int = WRITER_READS_MAX,
+        read_only: bool = False,
     ) -> Engine:
         """Registers a VFS for `source` and opens the writer and `readers` reading
         connections, each on its own thread. `wait_durable(lsn)` returns once
         VDL >= lsn (or raises when it cannot get there). An autocommit read is
         queued on the writer while fewer than `writer_reads_max` jobs are queued
-        there, else on a reader (0: reads go to readers)."""
+        there, else on a reader (0: reads go to readers).
+
+        `read_only` (a reader instance): the "writer" connection is opened
+        read-only too, in NORMAL locking mode like the readers, so nothing ever
+        reaches the volume as a write and every read transaction pins the newest
+        read point the source advanced to (VolumeState.advance); SQLite's refusal
+        to write is the statement's error (SQLSTATE 25006 in the SQL layer)."""
         assert readers >= 0, readers
         loop = asyncio.get_running_loop()
         vfs = VolumeVFS(source, versions_bytes_max=versions_bytes_max, file_class=file_class)
         engine = cls(vfs, wait_durable, jobs_max, writer_reads_max)
 
         def connect(writable: bool, cache_pages: int) -> Callable[[], _Connection]:
+            writable = writable and not read_only
             mode = LockingMode.EXCLUSIVE if writable else LockingMode.NORMAL
 
             def opened() -> _Connection:
                 connection = open_connection(
                     vfs, writable=writable, locking_mode=mode, cache_pages=cache_pages
                 )
-                return _Connection(connection, lambda: vfs.state.lsn_newest)
+                return _Connection(connection, lambda: vfs.state.lsn_newest, read_only)
 
             return opened
 

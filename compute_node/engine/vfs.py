@@ -118,6 +118,18 @@ class VolumeState:
             self._pins[lsn] = self._pins.get(lsn, 0) + 1
             return lsn, self.page_count_newest
 
+    def advance(self, lsn: Lsn, page_count: int) -> None:
+        """Moves the newest read point forward without a commit of this engine: a
+        reader instance applied the writer's commit groups up to `lsn` (its VDL).
+        Files pinned at older read points keep reading there (the source serves
+        any read point at or above the PGMRPL), and a file that pins `lsn` next
+        sees page 1's change counter move, so SQLite drops its page cache."""
+        with self._lock:
+            assert self._writer is None, "a reader instance's engine has no writing file"
+            assert lsn >= self.lsn_newest, (lsn, self.lsn_newest)
+            self.lsn_newest = lsn
+            self.page_count_newest = page_count
+
     def unpin(self, read_point: Lsn) -> None:
         with self._lock:
             self._unpin_locked(read_point)

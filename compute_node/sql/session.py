@@ -45,11 +45,10 @@ TEXT_OID = pg_types.oid_of("text")
 # pg_backend_pid() of each session: a number per session of the process.
 _backend_pids = itertools.count(1000)
 # Rows of COPY FROM STDIN go to SQLite in executemany batches of the server's size.
-COPY_COMMANDS_WITH_COUNT = frozenset(
-    {"SELECT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY"}
-)
-# Statements a read-only instance runs; anything else gets 25006.
-_READ_COMMANDS = frozenset({"SELECT", "SHOW", "SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK"})
+TAGS_WITH_COUNT = frozenset({"SELECT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY"})
+# Statements a read-only instance runs on SQLite (session statements such as SET,
+# SHOW and transaction control never reach this check); anything else gets 25006.
+_READ_COMMANDS = frozenset({"SELECT", "EXPLAIN", "VALUES", "TABLE"})
 _TYPE_OF_VALUE = {int: "int8", float: "float8", str: "text", bytes: "bytea"}
 
 # Settings PostgreSQL reports in ParameterStatus when they change.
@@ -214,7 +213,7 @@ class SqlSession:
             return await self._action(translated, action, parameters)
         if translated.sqlite is None:
             return Outcome(translated.command)  # accepted and nothing to do (VACUUM)
-        if self._shared.read_only and not translated.read_only:
+        if self._shared.read_only and translated.command not in _READ_COMMANDS:
             raise SqlError(
                 f"cannot execute {translated.command} in a read-only transaction", "25006"
             )
@@ -327,7 +326,7 @@ class SqlSession:
             self._transaction = _Transaction()
         if command == "INSERT":
             tag = f"INSERT 0 {result.rowcount}"
-        elif command in COPY_COMMANDS_WITH_COUNT:
+        elif command in TAGS_WITH_COUNT:
             tag = f"{command} {result.rowcount}"
         else:
             tag = command
@@ -460,6 +459,8 @@ class SqlSession:
                 copy=_copy_spec(action, len(columns)),
             )
         assert action.table is not None
+        if self._shared.read_only:
+            raise SqlError("cannot execute COPY FROM in a read-only transaction", "25006")
         table_columns = self._shared.schema.columns_of(action.table)
         if table_columns is None:
             raise SqlError(f'relation "{action.table}" does not exist', "42P01")

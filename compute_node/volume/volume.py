@@ -40,7 +40,7 @@ import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from borealis import redo
 from borealis.errors import (
@@ -81,6 +81,20 @@ PAGE_COMMIT_SLOT_MASK = PAGE_COMMIT_SLOTS - 1
 # A worker thread waits this much longer than the loop-side deadline of what it
 # waits for, so the loop's own, more precise error normally wins.
 LOOP_GRACE_S = 5.0
+
+
+class VolumeObserver(Protocol):
+    """Told, on the volume's event loop and in LSN order, of every commit group, VDL
+    advance and new PG: the writer's redo stream to readers
+    (compute_node/replication/publisher.py). Must not raise or block."""
+
+    def on_commit(
+        self, assignments: list[Any], records: list[bytes], commit_time_us: int
+    ) -> None: ...
+
+    def on_vdl(self, vdl: Lsn) -> None: ...
+
+    def on_pg_added(self, pg: PgIndex, membership_epoch: Epoch, nodes: list[str]) -> None: ...
 
 
 @dataclass
@@ -170,6 +184,7 @@ class Volume:
         self._read_timeout_s = config.reader.read_timeout_ms / 1000 + LOOP_GRACE_S
         self._admit_timeout_s = config.admit_timeout_ms / 1000
         self._closed = False
+        self._observers: list[VolumeObserver] = []
         self.stats = VolumeStats()
 
     # -- creating and opening --------------------------------------------------------------
@@ -299,6 +314,8 @@ class Volume:
             lsn_last,
             missing,
         )
+        for observer in self._observers:
+            observer.on_pg_added(pg, membership_epoch, [member.node for member in members])
         ready = self._pg_ready_count
         while PgIndex(ready) in self._members:
             ready += 1
@@ -457,7 +474,7 @@ class Volume:
         for write, assignment in zip(changes.pages, assignments, strict=False):
             slots[write.page & PAGE_COMMIT_SLOT_MASK] = assignment.lsn
             cache.put(write.page, write.image, assignment.lsn)
-        self._loop.call_soon_threadsafe(self._shipper.submit, assignments, records)
+        self._loop.call_soon_threadsafe(self._submit, assignments, records, commit_time_us)
         stats = self.stats
         stats.commits += 1
         stats.records += len(records)
@@ -495,11 +512,69 @@ class Volume:
                 "the volume's event loop did not answer", lsn=lsn, timeout_s=timeout_s
             ) from None
 
+    def _submit(self, assignments: list[Any], records: list[bytes], commit_time_us: int) -> None:
+        # On the loop. Observers first: the stream carries a group before any VDL
+        # advance that covers it, and the shipper may advance the VDL.
+        for observer in self._observers:
+            observer.on_commit(assignments, records, commit_time_us)
+        self._shipper.submit(assignments, records)
+
     def _vdl_advanced(self, vdl: Lsn) -> None:
         # The copy first: once the cache unpins a page, a reader that misses it must
         # see a VDL at least as high (read_page reads at min(read point, VDL)).
         self._vdl = vdl
         self._cache.set_vdl(vdl)
+        for observer in self._observers:
+            observer.on_vdl(vdl)
+
+    # -- replication (on the loop) -------------------------------------------------------
+
+    def add_observer(self, observer: VolumeObserver) -> None:
+        """Adds a redo stream observer; call before the engine commits (on the loop)."""
+        self._observers.append(observer)
+
+    def replication_start(self) -> tuple[Lsn, int, dict[PgIndex, Lsn]]:
+        """(newest CPL, page count there, each PG's newest record) as of the last
+        commit group that reached the loop; call before the engine commits, then
+        follow commits with an observer."""
+        assert threading.get_ident() == self._loop_thread
+        return self._lsn_newest, self._page_count, self._allocator.lsn_last_by_pg()
+
+    def pg_members(self) -> dict[PgIndex, tuple[Epoch, list[str]]]:
+        """Each PG's membership epoch and member node names (on the loop)."""
+        return {
+            pg: (self._membership_epoch[pg], [member.node for member in members])
+            for pg, members in self._members.items()
+        }
+
+    @property
+    def pages_per_pg(self) -> int:
+        return self._topology.pages_per_pg
+
+    async def send_pgmrpl(self, pgmrpl_by_pg: Mapping[PgIndex, Lsn], timeout_s: float) -> int:
+        """Tells every segment of each PG its PGMRPL (storage keeps versions at or
+        above it for reads and may garbage-collect below). Failures are logged and
+        retried by the next call; returns the number of segments that took it."""
+        calls = []
+        for pg, lsn in pgmrpl_by_pg.items():
+            if lsn == LSN_NONE or pg not in self._members:
+                continue
+            segment_id = SegmentId(self.volume_id, pg)
+            epochs = self._epochs_of(pg)
+            for member in self._members[pg]:
+                calls.append(
+                    self._clients[member.node].set_pgmrpl(
+                        segment_id, epochs, lsn, timeout_s=timeout_s
+                    )
+                )
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [result for result in results if isinstance(result, BaseException)]
+        for error in failed:
+            if not isinstance(error, BorealisError):
+                raise error
+        if failed:
+            log.warning("PGMRPL not taken by some segments", failed=len(failed), error=failed[0])
+        return len(results) - len(failed)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -77,7 +77,10 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         writer_url = document["endpoints"]["writer"]
         assert writer_url.startswith("postgresql://borealis@127.0.0.1:")
         assert ":" not in writer_url.split("//", 1)[1].split("@", 1)[0], "no password in the URL"
-        assert document["endpoints"]["instances"] == {"w1": writer_url}
+        # The writer and reader endpoints are the router's; each instance has its own.
+        assert f":{document['router']['writer_port']}/" in writer_url
+        assert f":{document['router']['reader_port']}/" in document["endpoints"]["reader"]
+        assert set(document["endpoints"]["instances"]) == {"w1"}
         password_file = Path(document["password_file"])
         assert password_file.stat().st_mode & 0o777 == 0o600
         assert (data_dir / "users.json").stat().st_mode & 0o777 == 0o600

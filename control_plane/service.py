@@ -1,0 +1,57 @@
+"""The control plane's gRPC API (proto/control.proto): what `borealis add-reader`,
+`remove-reader` and `endpoint create` ask of a running cluster.
+
+Handlers run on the gRPC server's threads; every change to the cluster goes
+through the Supervisor under its lock, so supervision never sees a half-made change.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from borealis.errors import BorealisError, grpc_status_of
+from borealis.log import get_logger
+from control_plane.supervisor import Supervisor
+from proto import control_pb2, control_pb2_grpc
+
+log = get_logger("control_plane.service")
+
+DRAIN_TIMEOUT_MS_DEFAULT = 10_000
+
+
+class ControlPlaneService(control_pb2_grpc.ControlPlaneServicer):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def AddReader(  # noqa: N802 - gRPC's method name
+        self, request: control_pb2.AddReaderRequest, context: grpc.ServicerContext
+    ) -> control_pb2.AddReaderResponse:
+        try:
+            reader = self._supervisor.add_reader(request.tier)
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.AddReaderResponse(name=reader.name, endpoint=reader.url())
+
+    def RemoveReader(  # noqa: N802
+        self, request: control_pb2.RemoveReaderRequest, context: grpc.ServicerContext
+    ) -> control_pb2.RemoveReaderResponse:
+        timeout_ms = request.drain_timeout_ms or DRAIN_TIMEOUT_MS_DEFAULT
+        try:
+            closed = self._supervisor.remove_reader(request.name, timeout_ms / 1000)
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.RemoveReaderResponse(sessions_closed=closed)
+
+    def CreateEndpoint(  # noqa: N802
+        self, request: control_pb2.CreateEndpointRequest, context: grpc.ServicerContext
+    ) -> control_pb2.CreateEndpointResponse:
+        try:
+            url = self._supervisor.create_endpoint(request.name, list(request.instances))
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.CreateEndpointResponse(url=url)
+
+
+def _abort(context: grpc.ServicerContext, error: BorealisError) -> None:
+    log.info("request refused", error=str(error))
+    context.abort(grpc_status_of(error), str(error))
