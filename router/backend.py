@@ -19,6 +19,7 @@ READ_BYTES = 256 * 1024
 # Bounds on what an instance may send during the login, far above what it does.
 _LOGIN_MESSAGES_MAX = 1000
 _LOGIN_MESSAGE_BYTES_MAX = 64 * 1024
+_READY_ONLY = frozenset({wire.READY_FOR_QUERY})
 
 
 class BackendRefused(Exception):
@@ -63,7 +64,7 @@ class BackendLink(asyncio.Protocol):
     # The scanner of what this instance sends (the stream starts at a message boundary).
     scanner: wire.MessageScanner = field(
         default_factory=lambda: wire.MessageScanner(
-            frozenset({wire.READY_FOR_QUERY}), _LOGIN_MESSAGE_BYTES_MAX
+            _READY_ONLY, _READY_ONLY, _LOGIN_MESSAGE_BYTES_MAX
         )
     )
     closed: bool = False

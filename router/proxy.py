@@ -80,6 +80,7 @@ class Router:
 
     def _declare_metrics(self) -> None:
         self.metrics.declare("connections", "gauge", "Client sessions by instance and endpoint.")
+        self.metrics.declare("sessions", "gauge", "Client sessions by instance.")
         self.metrics.declare(
             "sessions_moved", "counter", "Idle sessions moved to another instance."
         )
@@ -99,6 +100,10 @@ class Router:
         samples: list[Sample] = [
             ("connections", {"instance": i, "endpoint": e}, n) for (i, e), n in counts.items()
         ]
+        per_instance: collections.Counter[str] = collections.Counter()
+        for (instance, _), number in counts.items():
+            per_instance[instance] += number
+        samples += [("sessions", {"instance": i}, n) for i, n in per_instance.items()]
         for name, health in self.balancer.health.items():
             samples.append(("instance_healthy", {"instance": name}, int(health.healthy)))
             samples.append(("instance_lag_ms", {"instance": name}, health.lag_ms))

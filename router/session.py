@@ -22,7 +22,6 @@ a transaction is closed (08006, after the instance's own 57P01 if it sent one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,9 @@ _DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?(?:"([^"]+)"|(\w+))',
 # How often a session whose instance went away tries to reconnect.
 _RECONNECT_INTERVAL_S = 0.1
 _FRONTEND_CAPTURE = frozenset({wire.QUERY, wire.PARSE, wire.CLOSE})
+_FRONTEND_REPORT = _FRONTEND_CAPTURE | {wire.SYNC, wire.FUNCTION_CALL, wire.TERMINATE}
+# After these the client has no extended-protocol batch open.
+_BATCH_ENDS = frozenset({wire.QUERY, wire.SYNC, wire.FUNCTION_CALL})
 
 
 class _Fatal(Exception):
@@ -74,7 +76,10 @@ class Session:
         self.user = ""
         self._parameters: dict[str, str] = {}
         config = router.config
-        self._front = wire.MessageScanner(_FRONTEND_CAPTURE, config.message_bytes_max)
+        self._front = wire.MessageScanner(
+            _FRONTEND_REPORT, _FRONTEND_CAPTURE, config.message_bytes_max
+        )
+        self._front.last_kind = wire.SYNC
         # Requests (Query, Sync, FunctionCall) sent whose ReadyForQuery has not come back.
         self._pending = 0
         # Extended-protocol messages sent since the last Sync.
@@ -340,28 +345,24 @@ class Session:
     def _note_frontend(self, events: list[wire.Event]) -> bool:
         """Follows what the client sent; True when it said Terminate."""
         for kind, body in events:
-            if kind == wire.SYNC:
+            if kind == wire.SYNC or kind == wire.FUNCTION_CALL:
                 self._pending += 1
-                self._batch_open = False
             elif kind == wire.QUERY:
                 self._pending += 1
-                self._batch_open = False
                 assert body is not None
                 if wire.is_deallocate(body):
                     self._forget_deallocated(body)
-            elif kind == wire.FUNCTION_CALL:
-                self._pending += 1
             elif kind == wire.TERMINATE:
                 return True
-            else:
-                self._batch_open = True
-                if kind == wire.PARSE:
-                    assert body is not None
-                    self._remember_statement(body)
-                elif kind == wire.CLOSE:
-                    assert body is not None
-                    if body[:1] == b"S":
-                        self._forget_statement(wire.first_string(body, 1))
+            elif kind == wire.PARSE:
+                assert body is not None
+                self._remember_statement(body)
+            elif kind == wire.CLOSE:
+                assert body is not None
+                if body[:1] == b"S":
+                    self._forget_statement(wire.first_string(body, 1))
+        # Any other message (Bind, Execute, Describe, Flush, ...) opens a batch.
+        self._batch_open = self._front.last_kind not in _BATCH_ENDS
         return False
 
     def _remember_statement(self, body: bytes) -> None:
@@ -396,13 +397,14 @@ class Session:
     def from_backend(self, link: backend.BackendLink, data: bytes) -> None:
         if link is not self.link or self._closing:
             return
+        at_boundary = not link.scanner.mid_message
         try:
             events = link.scanner.feed(data)
         except m.ProtocolViolation as error:
             log.error("instance broke the protocol", instance=link.instance, error=error.message)
             self.terminate("08006", f"instance {link.instance} broke the protocol")
             return
-        if events and events[0][0] == wire.ERROR_RESPONSE and self._nothing_asked():
+        if at_boundary and data[0] == wire.ERROR_RESPONSE and self._nothing_asked():
             # An error nobody asked for: the instance is ending the session (shutting
             # down). An idle session moves instead of seeing it.
             log.info("instance ended the session", instance=link.instance)
@@ -549,10 +551,6 @@ class Session:
             )
         )
         self.router.keep(task)
-
-    def close_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            self._close()
 
 
 def _set_reading(transport: Any, reading: bool) -> None:

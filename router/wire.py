@@ -36,14 +36,29 @@ Event = tuple[int, bytes | None]
 
 
 class MessageScanner:
-    """Follows typed messages across chunks. `feed(chunk)` returns one event per
-    message, in order: (kind, body) for the kinds in `capture` once the whole
-    message has arrived, (kind, None) for any other kind as soon as its header has."""
+    """Follows typed messages across chunks. `feed(chunk)` returns an event per
+    message of a kind in `report`, in order: (kind, body) for the kinds also in
+    `capture` once the whole message has arrived, (kind, None) for the others as
+    soon as their header has. `last_kind` is the kind of the last header seen,
+    reported or not."""
 
-    __slots__ = ("_capture", "_body_bytes_max", "_partial", "_skip", "_kind", "_body", "_missing")
+    __slots__ = (
+        "_report",
+        "_capture",
+        "_body_bytes_max",
+        "_partial",
+        "_skip",
+        "_kind",
+        "_body",
+        "_missing",
+        "last_kind",
+    )
 
-    def __init__(self, capture: frozenset[int], body_bytes_max: int) -> None:
-        assert body_bytes_max > 0
+    def __init__(
+        self, report: frozenset[int], capture: frozenset[int], body_bytes_max: int
+    ) -> None:
+        assert body_bytes_max > 0 and capture <= report
+        self._report = report
         self._capture = capture
         self._body_bytes_max = body_bytes_max
         self._partial = b""
@@ -51,6 +66,7 @@ class MessageScanner:
         self._kind = 0
         self._body: bytearray | None = None
         self._missing = 0
+        self.last_kind = 0
 
     @property
     def mid_message(self) -> bool:
@@ -58,55 +74,55 @@ class MessageScanner:
         return bool(self._partial or self._skip or self._body is not None)
 
     def feed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
         if self._partial:
             data, self._partial = self._partial + data, b""
-        events: list[Event] = []
-        position, size = 0, len(data)
-        while position < size:
-            if self._skip:
-                taken = min(self._skip, size - position)
-                self._skip -= taken
-                position += taken
-            elif self._body is not None:
-                position = self._continue_body(data, position, events)
-            elif size - position < _HEADER_BYTES:
-                self._partial = data[position:]
-                break
+        size = len(data)
+        position = self._resume(data, events)
+        # The hot loop: one header per iteration, locals only (it runs per message).
+        report, capture, unpack = self._report, self._capture, _INT32.unpack_from
+        kind = self.last_kind
+        while position + _HEADER_BYTES <= size:
+            kind = data[position]
+            length = unpack(data, position + 1)[0]
+            if length < 4:
+                raise m.ProtocolViolation(f"invalid message length {length}")
+            start = position + _HEADER_BYTES
+            position = start + length - 4
+            if kind not in report:
+                continue
+            if kind not in capture:
+                events.append((kind, None))
+            elif length - 4 > self._body_bytes_max:
+                raise m.ProtocolViolation(f"message of {length} bytes exceeds the limit")
+            elif position <= size:
+                events.append((kind, data[start:position]))
             else:
-                position = self._header(data, position, events)
+                self._kind = kind
+                self._body = bytearray(data[start:])
+                self._missing = position - size
+        self.last_kind = kind
+        if position > size and self._body is None:
+            self._skip = position - size
+        elif position < size:
+            self._partial = data[position:]
         return events
 
-    def _header(self, data: bytes, position: int, events: list[Event]) -> int:
-        kind_byte, length = _HEADER.unpack_from(data, position)
-        kind = kind_byte[0]
-        if length < 4:
-            raise m.ProtocolViolation(f"invalid message length {length}")
-        position += _HEADER_BYTES
-        body_bytes = length - 4
-        if kind not in self._capture:
-            events.append((kind, None))
-            self._skip = body_bytes
-            return position
-        if body_bytes > self._body_bytes_max:
-            raise m.ProtocolViolation(f"message of {length} bytes exceeds the limit")
-        end = position + body_bytes
-        if end <= len(data):
-            events.append((kind, data[position:end]))
-            return end
-        self._kind = kind
-        self._body = bytearray(data[position:])
-        self._missing = end - len(data)
-        return len(data)
-
-    def _continue_body(self, data: bytes, position: int, events: list[Event]) -> int:
-        assert self._body is not None
-        taken = min(self._missing, len(data) - position)
-        self._body += data[position : position + taken]
+    def _resume(self, data: bytes, events: list[Event]) -> int:
+        """Finishes the message the previous chunk ended inside; where the next starts."""
+        if self._skip:
+            taken = min(self._skip, len(data))
+            self._skip -= taken
+            return taken
+        if self._body is None:
+            return 0
+        taken = min(self._missing, len(data))
+        self._body += data[:taken]
         self._missing -= taken
         if self._missing == 0:
             events.append((self._kind, bytes(self._body)))
             self._body = None
-        return position + taken
+        return taken
 
 
 def message(kind: bytes, body: bytes) -> bytes:
