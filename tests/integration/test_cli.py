@@ -47,7 +47,7 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
     for _ in range(16):
         port_allocator.allocate()
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(borealis), *args, "--data-dir", str(data_dir)],
             capture_output=True,
@@ -55,6 +55,7 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
             timeout=CLI_TIMEOUT_S,
             cwd=tmp_path,
             check=False,
+            env={**os.environ, **(env or {})},
         )
 
     seen_pids: set[int] = set()
@@ -97,6 +98,39 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         assert [node["health"] for node in json.loads(status.stdout)["storage_nodes"]] == [
             "SERVING"
         ] * 6
+
+        # Readers and custom endpoints through the control plane's API.
+        added = cli("add-reader", "--tier", "0")
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert "reader r1 serving" in added.stdout
+        assert [(i["name"], i["role"], i["tier"]) for i in _document(data_dir)["instances"]] == [
+            ("w1", "writer", 1),
+            ("r1", "reader", 0),
+        ]
+        created = cli("endpoint", "create", "analytics", "--instances", "r1")
+        assert created.returncode == 0, created.stdout + created.stderr
+        custom_url = _document(data_dir)["endpoints"]["custom"]["analytics"]
+        assert custom_url in created.stdout
+        on_reader = cli(
+            "sql",
+            "--dsn",
+            custom_url,
+            "-c",
+            "SELECT pg_is_in_recovery()",
+            env={"PGPASSWORD": password_file.read_text().strip()},
+        )
+        assert on_reader.returncode == 0, on_reader.stdout + on_reader.stderr
+        assert " t\n" in on_reader.stdout or " 1\n" in on_reader.stdout, on_reader.stdout
+        shown = cli("status")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        (r1_line,) = [line for line in shown.stdout.splitlines() if line.startswith("r1 ")]
+        assert r1_line.split()[1:3] == ["reader", "0"], r1_line
+        refused = cli("remove-reader", "w1")
+        assert refused.returncode == 1 and "only a reader" in refused.stderr
+        removed = cli("remove-reader", "r1")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert [i["name"] for i in _document(data_dir)["instances"]] == ["w1"]
+        assert _document(data_dir)["custom_endpoints"]["analytics"]["instances"] == []
 
         # A second up on a running directory changes nothing.
         again = cli("up", "--base-port", str(base_port))
