@@ -23,6 +23,7 @@ session). The functions read them when called, on the connection's thread.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 import threading
@@ -330,6 +331,16 @@ def _functions(
         "regnamespace_name": (_namespace_name, (1,), True),
         "pg_like": (_like, (2,), True),
         "pg_div": (_divide, (2,), True),
+        # PostgreSQL string functions SQLite lacks (SQLite has concat, instr, trim).
+        "repeat": (lambda text, count: None if text is None or count is None else str(text) * max(int(count), 0), (2,), True),
+        "lpad": (lambda text, length, fill=" ": _pad(text, length, fill, left=True), (2, 3), True),
+        "rpad": (lambda text, length, fill=" ": _pad(text, length, fill, left=False), (2, 3), True),
+        "left": (lambda text, count: _left(text, count), (2,), True),
+        "right": (lambda text, count: _right(text, count), (2,), True),
+        "split_part": (_split_part, (3,), True),
+        "md5": (lambda text: None if text is None else hashlib.md5(_bytes(text)).hexdigest(), (1,), True),
+        "reverse": (lambda text: None if text is None else str(text)[::-1], (1,), True),
+        "initcap": (lambda text: None if text is None else re.sub(r"[A-Za-z0-9]+", lambda word: word[0].capitalize(), str(text)), (1,), True),
         "pg_mod": (_modulo, (2,), True),
         "oid": (lambda value: None if value is None else int(value), (1,), True),
         "pg_is_in_recovery": (lambda: 0 if connection.readonly("main") is False else 1, (0,), constant),
@@ -510,6 +521,47 @@ def _namespace_oid(value: Any) -> int | None:
     if found is None:
         raise SqlError(f'schema "{value}" does not exist', "3F000")
     return found
+
+
+def _pad(text: Any, length: Any, fill: Any, left: bool) -> str | None:
+    """lpad/rpad: pad with `fill` repeated, or cut, to `length` characters."""
+    if text is None or length is None or fill is None:
+        return None
+    text, length, fill = str(text), max(int(length), 0), str(fill)
+    if len(text) >= length or not fill:
+        return text[:length]
+    padding = (fill * (length // len(fill) + 1))[: length - len(text)]
+    return padding + text if left else text + padding
+
+
+def _left(text: Any, count: Any) -> str | None:
+    """left(s, n): the first n characters; a negative n drops the last -n."""
+    if text is None or count is None:
+        return None
+    return str(text)[: int(count)]
+
+
+def _right(text: Any, count: Any) -> str | None:
+    """right(s, n): the last n characters; a negative n drops the first -n."""
+    if text is None or count is None:
+        return None
+    text, count = str(text), int(count)
+    return text[-count:] if count != 0 else ""
+
+
+def _split_part(text: Any, delimiter: Any, field: Any) -> str | None:
+    if text is None or delimiter is None or field is None:
+        return None
+    field = int(field)
+    if field == 0:
+        raise SqlError("field position must not be zero", "22023")
+    parts = str(text).split(str(delimiter)) if delimiter != "" else [str(text)]
+    index = field - 1 if field > 0 else len(parts) + field
+    return parts[index] if 0 <= index < len(parts) else ""
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _divide(left: Any, right: Any) -> Any:

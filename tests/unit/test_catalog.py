@@ -482,3 +482,19 @@ def test_division_follows_postgresql_and_refuses_zero() -> None:
         with pytest.raises(SqlError) as raised:
             connection.execute(sql).fetchall()
         assert raised.value.sqlstate == "22012"
+
+
+def test_postgresql_string_functions_sqlite_lacks() -> None:
+    connection = apsw.Connection(":memory:")
+    register(connection)
+    rows = connection.execute(
+        "SELECT repeat('ab', 3), lpad('a', 3, 'xy'), rpad('a', 4), lpad('abcd', 2),"
+        " left('abc', 2), left('abc', -1), right('abc', 2), right('abc', -1),"
+        " split_part('a,b,c', ',', 2), split_part('a,b', ',', 5), md5('a'), reverse('abc'),"
+        " initcap('hello wORLD'), repeat(NULL, 2)"
+    ).fetchall()
+    # The answers PostgreSQL 15 gives for the same calls.
+    assert rows == [
+        ("ababab", "xya", "a   ", "ab", "ab", "ab", "bc", "bc", "b", "",
+         "0cc175b9c0f1b6a831c399e269772661", "cba", "Hello World", None)
+    ]  # fmt: skip
