@@ -324,7 +324,17 @@ def _padded(moment: datetime) -> str:
 
 
 def timestamptz_text(moment: datetime) -> str:
+    """As PostgreSQL prints a timestamptz with TimeZone UTC."""
     return timestamp_text(_utc(moment)) + "+00"
+
+
+# How a timestamptz is stored: UTC with a zone SQLite's date functions read.
+STORED_UTC_SUFFIX = "+00:00"
+
+
+def timestamptz_stored(moment: datetime) -> str:
+    """A timestamptz as stored in SQLite: UTC, 'YYYY-MM-DD HH:MM:SS[.ffffff]+00:00'."""
+    return timestamp_text(_utc(moment)) + STORED_UTC_SUFFIX
 
 
 def parse_uuid(text: str) -> str:
@@ -529,7 +539,7 @@ def _decode_time_binary(data: bytes) -> str:
 
 
 def _decode_timestamptz_text(text: str) -> str:
-    return timestamptz_text(parse_timestamp(text, "timestamp with time zone"))
+    return timestamptz_stored(parse_timestamp(text, "timestamp with time zone"))
 
 
 def _decode_timestamp_text(text: str) -> str:
@@ -569,7 +579,7 @@ _BINARY_DECODERS: dict[int, Callable[[bytes], Any]] = {
     1082: _decode_date_binary,
     1083: _decode_time_binary,
     1114: _decode_timestamp_binary(""),
-    1184: _decode_timestamp_binary("+00"),
+    1184: _decode_timestamp_binary(STORED_UTC_SUFFIX),
     1700: _decode_numeric_binary,
     2950: _decode_uuid_binary,
     3802: _decode_jsonb_binary,

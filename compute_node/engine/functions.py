@@ -22,6 +22,7 @@ session). The functions read them when called, on the connection's thread.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import math
@@ -37,6 +38,7 @@ import apsw
 import apsw.ext
 
 from borealis.errors import SqlError
+from borealis.pgwire import types as pg_types
 from compute_node.sql import catalog as pg_catalog
 from compute_node.sql.catalog import Catalog, Column, ForeignKey, Index, Schema, Table
 
@@ -331,6 +333,7 @@ def _functions(
         "regnamespace_name": (_namespace_name, (1,), True),
         "pg_like": (_like, (2,), True),
         "pg_div": (_divide, (2,), True),
+        "pg_instant": (_instant, (1,), True),
         # PostgreSQL string functions SQLite lacks (SQLite has concat, instr, trim).
         "repeat": (lambda text, count: None if text is None or count is None else str(text) * max(int(count), 0), (2,), True),
         "lpad": (lambda text, length, fill=" ": _pad(text, length, fill, left=True), (2, 3), True),
@@ -521,6 +524,18 @@ def _namespace_oid(value: Any) -> int | None:
     if found is None:
         raise SqlError(f'schema "{value}" does not exist', "3F000")
     return found
+
+
+def _instant(value: Any) -> str | None:
+    """A date, timestamp or timestamptz text in any of PostgreSQL's forms (zone
+    '+02', '+05:30', 'Z' or none; any fraction) as the UTC text SQLite's date
+    functions read ('YYYY-MM-DD HH:MM:SS.ffffff'), for EXTRACT and casts."""
+    if value is None:
+        return None
+    moment = pg_types.parse_timestamp(str(value), "timestamp with time zone")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _pad(text: Any, length: Any, fill: Any, left: bool) -> str | None:

@@ -30,13 +30,14 @@ CATALOG_FUNCTIONS: tuple[str, ...] = (
     "pg_like",  # pg_like(string, pattern) -> 1/0 (case-sensitive LIKE, \ escape)
     "pg_div",  # pg_div(a, b) -> a / b; 22012 when b is 0 (SQLite gives NULL)
     "pg_mod",  # pg_mod(a, b) -> a % b; 22012 when b is 0
+    "pg_instant",  # pg_instant(timestamp text in any zone form) -> UTC text SQLite reads
 )
 
 # The SQLite expression of a transaction-time value outside a statement (column
 # DEFAULTs): SQLite's clock, in the text form the session binds for now().
 _CLOCK_NOW = "strftime('%Y-%m-%d %H:%M:%f+00:00', 'now')"
-# SQLite's date functions do not read a '+00' zone suffix; values are stored in
-# UTC, so the first 26 characters (up to microseconds) are the instant.
+# SQLite's date functions do not read PostgreSQL's '+00' zone suffix, and values
+# written by clients may carry any zone: EXTRACT and casts go through pg_instant().
 _JSON_FUNCTIONS = {
     "json_build_object": "json_object",
     "jsonb_build_object": "json_object",
@@ -120,7 +121,7 @@ def _raw(text: str) -> exp.Expression:
 
 
 def _instant(node: exp.Expression) -> exp.Expression:
-    return _call("substr", node, exp.Literal.number(1), exp.Literal.number(26))
+    return _call("pg_instant", node)
 
 
 def _parameter(rewriter: Rewriter, node: exp.Expression) -> exp.Expression:
