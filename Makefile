@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .borealis
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: install system-deps proto up down status test test-unit bench lint clean
+.PHONY: install system-deps proto up down status test test-unit test-fault soak bench lint clean
 # Debian packages the tests and benchmarks drive: psql (postgresql-client-15), pgbench
 # and a PostgreSQL 15 server to compare with (postgresql-15). Installed when missing.
 PG_BIN := /usr/lib/postgresql/15/bin
@@ -45,6 +45,16 @@ test: install system-deps
 
 test-unit: install
 	$(BIN)/pytest -q -m unit
+
+# The fault-injection runs alone (make test runs them too, with a few seeds).
+test-fault: install system-deps
+	$(BIN)/pytest -q -s -m fault tests/fault
+
+# A longer soak: random faults from the seed for SOAK_S seconds
+# (BOREALIS_FAULT_SEED=S replays one seed).
+SOAK_S ?= 600
+soak: install system-deps
+	BOREALIS_SOAK_S=$(SOAK_S) $(BIN)/pytest -q -s -m fault tests/fault -k soak
 
 bench: install system-deps
 	$(BIN)/python bench/storage_append.py --quick

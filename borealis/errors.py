@@ -36,6 +36,16 @@ class StaleEpoch(BorealisError):
     """A request's volume or membership epoch is older than the segment's."""
 
 
+class WriterFenced(StaleEpoch):
+    """This writer's volume epoch is no longer the volume's: a newer writer ran
+    recovery and storage refuses this one. Every later admit and every commit
+    waiting for durability fails with it; the instance must stop serving as the
+    writer. A commit that was waiting has an unknown outcome (the new writer's
+    recovery may or may not have kept it); nothing later is ever acknowledged.
+    SQLSTATE 25006 (read_only_sql_transaction), as PostgreSQL answers a write on
+    a server that is no longer the primary."""
+
+
 class NotFound(BorealisError):
     """The named segment, volume or object does not exist here."""
 
@@ -115,6 +125,7 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     # The SQLSTATE is the error's own (SqlError.sqlstate); this one is its default.
     (SqlError, grpc.StatusCode.INVALID_ARGUMENT, "42000"),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "22000"),
+    (WriterFenced, grpc.StatusCode.FAILED_PRECONDITION, "25006"),
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "42710"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from borealis.errors import StaleEpoch
+from borealis.errors import BorealisError, StaleEpoch
 from borealis.ids import SegmentId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
@@ -130,6 +130,12 @@ class Gossip:
                         # Recovery changed the segment's epochs during the fill: what was
                         # read under the old ones may be truncated records.
                         log.info("gossip fill stopped by an epoch change", segment=segment.id)
+                        self._metrics.inc("gossip_records_filled_total", filled)
+                        return filled
+                    except BorealisError as error:
+                        # This node's own write failed (a full queue, an injected
+                        # fault): the next pass tries again.
+                        log.warning("gossip fill failed", segment=segment.id, error=error)
                         self._metrics.inc("gossip_records_filled_total", filled)
                         return filled
                     filled += new

@@ -24,7 +24,13 @@ from borealis.errors import (
 from borealis.ids import LSN_NONE, Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.log import get_logger
 from compute_node.volume.config import VolumeConfig
-from compute_node.volume.topology import WRITE_QUORUM
+from compute_node.volume.epochs import (
+    NO_TRUNCATION,
+    EpochCatchUp,
+    TruncationRange,
+    catch_up_truncations,
+)
+from compute_node.volume.topology import READ_QUORUM, SEGMENTS_PER_PG, WRITE_QUORUM
 from storage_node.client import StorageClient
 from storage_node.segment import Member, SegmentMeta
 
@@ -39,6 +45,8 @@ RECOVERY_CALLS_IN_FLIGHT_MAX = 64
 READ_RECORDS_PAGES_MAX = 1_000_000
 SET_EPOCH_ATTEMPTS = 3
 NODE_RETRY_INTERVAL_S = 0.1
+# Repair appends at most this many records per AppendRedo (storage takes 8192).
+REPAIR_BATCH_RECORDS_MAX = 2048
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,25 @@ class RecoveredVolume:
     excluded: list[str]
     # Members whose node answered without the segment: the shipper creates them.
     missing_by_pg: dict[PgIndex, list[str]]
+    # What the shipper needs to bring the other segments to the new epoch.
+    catch_up: EpochCatchUp
+    # Per PG, the segments at the new epoch with the new truncation applied.
+    caught_up_by_pg: dict[PgIndex, list[str]]
+    # Per PG, the segments repair completed up to the PG's last record <= VDL.
+    repaired_by_pg: dict[PgIndex, list[str]]
+    records_repaired: int
+
+
+def _read_quorum(asked: int) -> int:
+    """Segments of a PG that must take the fencing epoch: any write quorum of the
+    old writer then includes one of them."""
+    return READ_QUORUM
+
+
+def _all_but_two(asked: int) -> int:
+    """Fenced segments of a PG that must take the truncation: all but at most 2, so
+    any read quorum at the new epoch includes one reporting the range."""
+    return max(1, asked - (SEGMENTS_PER_PG - WRITE_QUORUM))
 
 
 async def list_segments(
@@ -156,50 +183,64 @@ class _PgLayout:
 
 
 class Recovery:
-    """Reopening a volume (a first version of DESIGN.md section 8).
+    """Reopening a volume (DESIGN.md section 8).
 
     1. ListSegments on every storage node: the volume's PGs, their members and
        epochs. A segment is usable if its node answers and it is at the volume's
-       highest volume epoch and its PG's membership epoch. Every PG needs a
-       write quorum of usable segments.
-    2. Fence: SetEpoch(volume epoch + 1) on the usable segments (a write quorum
-       of each PG must accept). From here an older writer's appends are refused,
-       so what the segments hold no longer changes under the reads below.
-    3. ListSegments again. Per PG, the 4th highest SCL of the usable segments
-       (PGCL) bounds what is surely on a write quorum. The floor is the lowest
-       PGCL over the PGs, raised to (highest LSN held anywhere - LAL): an old
-       writer never ran more than the LAL ahead of its VDL (or of its own
-       allocation floor, the end of an earlier truncation range, below which
-       everything surviving was at or below an earlier VDL).
-    4. ReadRecords above the floor on every usable segment; per record, the
+       highest volume epoch and its PG's membership epoch; a member at an older
+       volume epoch missed an earlier recovery (it is caught up in step 7). Every
+       PG needs a read quorum (3/6) of usable segments: recovery goes on with a
+       whole AZ and one more node down.
+    2. Fence: SetEpoch(volume epoch + 1) on the usable segments; a read quorum of
+       each PG must accept. That is enough to fence: an older writer needs a write
+       quorum (4/6) at its epoch, and with 3 segments at a newer one at most 3 are
+       left. From here what the fenced segments hold no longer changes.
+    3. ListSegments again (the fenced segments). Records inside any truncation
+       range a segment reports are off the chain (a segment may have taken an
+       earlier epoch but not its truncation) and are ignored from here on. The
+       floor: per PG, the k-th highest SCL among the segments whose truncation
+       state is the newest (k as in step 4), the lowest over the PGs, raised to
+       (highest LSN held anywhere - LAL): an old writer never ran more than the
+       LAL ahead of its VDL (or of its own allocation floor, the end of an earlier
+       truncation range, below which everything surviving was at or below an
+       earlier VDL).
+    4. ReadRecords above the floor on every fenced segment; per record, the
        segments that hold it. `durable_point` walks the volume's backlink chain
        up from the floor: VCL is where a record is missing or held by too few
-       segments, VDL the last CPL before it. "Too few" is fewer than 4 when all 6
-       are usable; with r usable, fewer than r - 2, since a record that reached 4
-       segments is on at least r - 2 of those that answer (records kept that way
-       are on fewer than 4 segments until gossip copies them to their peers).
-       If no CPL is above the floor, windows below it are read (doubling) until
-       one is found.
+       segments, VDL the last CPL before it. "Too few" is fewer than r - 2 of the
+       r segments read (at least 1): a record that reached a write quorum (4/6)
+       is on at least r - 2 of them. If no CPL is above the floor, windows below
+       it are read (doubling) until one is found.
     5. The page count: the newest SIZE record (PG 0) at or below VDL, searched
        the same way. The last record of every PG at or below VDL, exactly, for
        the new writer's backlinks.
     6. Truncate: SetEpoch again (same new epoch) with the range
        (VDL, max(VDL, earlier truncation end) + LAL + margin], covering anything
-       an old writer may have allocated; new LSNs start above it.
+       an old writer may have allocated; new LSNs start above it. It must reach
+       all but at most 2 of the fenced segments of each PG, so that any read
+       quorum of segments at the new epoch includes one that reports the range
+       (a later recovery then ignores the records in it, step 3).
+    7. Catch up the segments that missed an earlier epoch change (epochs.py).
+    8. Repair: a PG with fewer than a write quorum of segments complete up to its
+       last record at or below VDL gets the records it lacks copied (ReadRecords
+       from the segments that hold them, AppendRedo at the new epoch) until 4 are
+       complete, when 4 answer. Otherwise the open still succeeds (reads work at
+       VDL) and writes wait: the shipper catches up a returning segment and
+       storage gossip fills it.
 
-    A PG with fewer usable segments than a write quorum fails the open, unless it
-    holds no record at all (its creation reached too few nodes): it is kept with
-    the segments it has. Members whose node answered without the segment are
-    created by the shipper before it first sends them records; gossip fills them.
+    Segments not finished here (unreachable, refused SetEpoch, fenced without the
+    truncation) are listed in `excluded`; the shipper checks them with
+    `catch_up_truncations` before it first appends to them. A PG with fewer usable
+    segments than a read quorum fails the open, unless it holds no record at all
+    (its creation reached too few nodes): it is kept with the segments it has.
+    Members whose node answered without the segment are created by the shipper
+    before it first sends them records; gossip fills them.
 
-    Not handled yet: a segment that is unreachable or refuses at open keeps its
-    old epoch and is left out (the shipper retries it, and it refuses with
-    StaleEpoch) until a repair (a membership change) replaces it; segments at an
-    older volume epoch (they missed an earlier recovery) are likewise left out;
-    PGs in a membership change (segments with different membership epochs) open
-    only if a write quorum agrees on the newest; a node failing mid-recovery fails
-    the open (retry it).
-    Memory is one small object per record above the floor (bounded by the LAL).
+    Not handled: PGs in a membership change (segments with different membership
+    epochs) open only if a read quorum agrees on the newest; a node failing
+    mid-recovery fails the open when a quorum is lost (retry it).
+    Memory is one small object per record above the floor (bounded by the LAL);
+    repair streams page by page.
     """
 
     def __init__(
@@ -212,6 +253,9 @@ class Recovery:
         self._calls = asyncio.Semaphore(RECOVERY_CALLS_IN_FLIGHT_MAX)
         self._excluded: list[str] = []
         self._records_read = 0
+        self._records_repaired = 0
+        # Truncation ranges the segments report: records inside are off the chain.
+        self._truncated: set[TruncationRange] = set()
         # The nodes that answered the last ListSegments.
         self._answered: set[str] = set()
 
@@ -225,44 +269,27 @@ class Recovery:
         epoch_new = Epoch(epoch_old + 1)
         layouts = {pg: self._layout(pg, by_node, epoch_old) for pg, by_node in metas.items()}
         pages_per_pg = self._pages_per_pg(layouts)
-        usable = {
-            pg: [
-                node
-                for node, meta in by_node.items()
-                if meta.volume_epoch == epoch_old
-                and meta.membership_epoch == layouts[pg].membership_epoch
-                and node in {member.node for member in layouts[pg].members}
-            ]
-            for pg, by_node in metas.items()
-        }
+        usable: dict[PgIndex, list[str]] = {}
+        behind: dict[PgIndex, dict[str, SegmentMeta]] = {}
         for pg, by_node in metas.items():
-            for node in sorted(set(by_node) - set(usable[pg])):
-                self._exclude(pg, node, "older epoch or not a member")
-        # A PG whose creation reached fewer than a write quorum of nodes (the writer
-        # failed or stopped in admit) holds no record: it opens with the segments it
-        # has, and the shipper creates the others.
+            usable[pg], behind[pg] = self._sort_segments(pg, by_node, layouts[pg], epoch_old)
+        # A PG whose creation reached fewer than a quorum of nodes (the writer failed
+        # or stopped in admit) holds no record: it opens with the segments it has,
+        # and the shipper creates the others.
         partial = {
             pg
             for pg, by_node in metas.items()
-            if len(usable[pg]) < WRITE_QUORUM
+            if len(usable[pg]) < READ_QUORUM
             and all(meta.highest_lsn == LSN_NONE for meta in by_node.values())
         }
-        self._require_quorum(usable, "usable segments", partial)
+        self._require_quorum(usable, "usable segments", READ_QUORUM, partial)
 
         # Fence, then look again: nothing an old writer sends lands after this.
-        usable = await self._set_epoch(layouts, usable, epoch_new, None, partial)
+        fenced = await self._set_epoch(layouts, usable, epoch_new, None, _read_quorum, partial)
         metas = await self._list()
-        states: dict[PgIndex, dict[str, SegmentMeta]] = {}
-        for pg in layouts:
-            states[pg] = {}
-            for node in usable[pg]:
-                meta = metas.get(pg, {}).get(node)
-                if meta is None or meta.volume_epoch != epoch_new:
-                    self._exclude(pg, node, "not at the new epoch after fencing")
-                    continue
-                states[pg][node] = meta
+        states = self._fenced_states(layouts, fenced, metas, epoch_new)
         self._require_quorum(
-            {pg: list(by_node) for pg, by_node in states.items()}, "fenced", partial
+            {pg: list(by_node) for pg, by_node in states.items()}, "fenced", READ_QUORUM, partial
         )
         missing_by_pg = {
             pg: [
@@ -272,20 +299,33 @@ class Recovery:
             ]
             for pg, layout in layouts.items()
         }
+        truncation_before = max(
+            (
+                (Lsn(meta.truncated_above_lsn), Lsn(meta.truncated_up_to_lsn))
+                for by_node in states.values()
+                for meta in by_node.values()
+            ),
+            key=lambda truncation: truncation[1],
+            default=NO_TRUNCATION,
+        )
+        self._truncated = {
+            (Lsn(meta.truncated_above_lsn), Lsn(meta.truncated_up_to_lsn))
+            for by_node in states.values()
+            for meta in by_node.values()
+            if meta.truncated_up_to_lsn > meta.truncated_above_lsn
+        }
 
         lal = self._config.lal_lsns
         top = max(
             (meta.highest_lsn for by_node in states.values() for meta in by_node.values()),
             default=LSN_NONE,
         )
+        holders_needed = {pg: max(1, len(by_node) - 2) for pg, by_node in states.items()}
         pgcls = {
-            pg: Lsn(sorted((meta.scl for meta in by_node.values()), reverse=True)[WRITE_QUORUM - 1])
-            if len(by_node) >= WRITE_QUORUM
-            else LSN_NONE
+            pg: self._pgcl(by_node, holders_needed[pg], truncation_before)
             for pg, by_node in states.items()
         }
         floor = Lsn(max(min(pgcls.values()), top - lal, 0))
-        holders_needed = {pg: max(1, len(by_node) - 2) for pg, by_node in states.items()}
         epochs = {pg: Epochs(epoch_new, layouts[pg].membership_epoch) for pg in states}
         known: dict[Lsn, RecordSeen] = {}
         await self._read_union(states, epochs, floor, Lsn(top), known)
@@ -302,23 +342,39 @@ class Recovery:
             pg: await self._last_at_or_below(pg, states, epochs, vdl, known, covered_after)
             for pg in states
         }
-        truncated_before = max(
-            (meta.truncated_up_to_lsn for by_node in states.values() for meta in by_node.values()),
-            default=LSN_NONE,
-        )
         truncate_up_to = Lsn(
-            max(
-                max(vdl, truncated_before) + lal + self._config.truncation_margin_lsns,
-                top,
-            )
+            max(max(vdl, truncation_before[1]) + lal + self._config.truncation_margin_lsns, top)
         )
-        await self._set_epoch(
+        truncated = await self._set_epoch(
             layouts,
             {pg: list(by_node) for pg, by_node in states.items()},
             epoch_new,
             (vdl, truncate_up_to),
+            _all_but_two,
             partial,
         )
+        catch_up = EpochCatchUp(epoch_new, (vdl, truncate_up_to), truncation_before)
+        for pg, by_node in behind.items():
+            truncated[pg].update(await self._catch_up(pg, by_node, layouts[pg], catch_up))
+        for pg, by_node in states.items():
+            for node in sorted(set(by_node) - set(truncated[pg])):
+                self._exclude(pg, node, "fenced but not truncated; the shipper truncates it")
+        for pg, nodes in missing_by_pg.items():
+            # A PG without records needs no repair: the shipper creates its segments.
+            if (
+                nodes
+                and last_lsn_by_pg[pg] != LSN_NONE
+                and sum(m.scl >= last_lsn_by_pg[pg] for m in truncated[pg].values())
+                < (WRITE_QUORUM)
+            ):
+                created = await self._create(pg, nodes, layouts[pg], catch_up)
+                truncated[pg].update(created)
+                missing_by_pg[pg] = [node for node in nodes if node not in created]
+        repaired_by_pg = {}
+        for pg, by_node in truncated.items():
+            repaired = await self._repair(pg, by_node, epochs[pg], last_lsn_by_pg[pg])
+            if repaired:
+                repaired_by_pg[pg] = repaired
         return RecoveredVolume(
             volume_epoch=epoch_new,
             pages_per_pg=pages_per_pg,
@@ -334,7 +390,103 @@ class Recovery:
             records_read=self._records_read,
             excluded=list(self._excluded),
             missing_by_pg={pg: nodes for pg, nodes in missing_by_pg.items() if nodes},
+            catch_up=catch_up,
+            caught_up_by_pg={pg: sorted(by_node) for pg, by_node in truncated.items()},
+            repaired_by_pg=repaired_by_pg,
+            records_repaired=self._records_repaired,
         )
+
+    def _sort_segments(
+        self, pg: PgIndex, by_node: Mapping[str, SegmentMeta], layout: _PgLayout, epoch_old: int
+    ) -> tuple[list[str], dict[str, SegmentMeta]]:
+        """(nodes of the usable segments, the members that missed an epoch change)."""
+        member_nodes = {member.node for member in layout.members}
+        usable = []
+        behind = {}
+        for node, meta in sorted(by_node.items()):
+            if node not in member_nodes or meta.membership_epoch != layout.membership_epoch:
+                self._exclude(pg, node, "not a member at the PG's membership epoch")
+            elif meta.volume_epoch == epoch_old:
+                usable.append(node)
+            else:
+                behind[node] = meta
+                self._exclude(pg, node, "missed an epoch change; caught up after the truncation")
+        return usable, behind
+
+    def _fenced_states(
+        self,
+        layouts: Mapping[PgIndex, _PgLayout],
+        fenced: Mapping[PgIndex, Mapping[str, SegmentMeta]],
+        metas: Mapping[PgIndex, Mapping[str, SegmentMeta]],
+        epoch_new: Epoch,
+    ) -> dict[PgIndex, dict[str, SegmentMeta]]:
+        states: dict[PgIndex, dict[str, SegmentMeta]] = {}
+        for pg in layouts:
+            states[pg] = {}
+            for node in fenced[pg]:
+                meta = metas.get(pg, {}).get(node)
+                if meta is None or meta.volume_epoch != epoch_new:
+                    self._exclude(pg, node, "not at the new epoch after fencing")
+                    continue
+                states[pg][node] = meta
+        return states
+
+    def _pgcl(
+        self,
+        by_node: Mapping[str, SegmentMeta],
+        holders_needed: int,
+        truncation_before: TruncationRange,
+    ) -> Lsn:
+        """The k-th highest SCL (k = holders_needed) among the segments whose last
+        truncation is the newest one: every record of the PG at or below it is held
+        by k segments. A segment with an older truncation state may hold records
+        off the chain, and its SCL may have followed them."""
+        scls = sorted(
+            (
+                meta.scl
+                for meta in by_node.values()
+                if (meta.truncated_above_lsn, meta.truncated_up_to_lsn) == truncation_before
+            ),
+            reverse=True,
+        )
+        return Lsn(scls[holders_needed - 1]) if len(scls) >= holders_needed else LSN_NONE
+
+    def _off_chain(self, lsn: int) -> bool:
+        return any(above < lsn <= up_to for above, up_to in self._truncated)
+
+    async def _catch_up(
+        self,
+        pg: PgIndex,
+        by_node: Mapping[str, SegmentMeta],
+        layout: _PgLayout,
+        catch_up: EpochCatchUp,
+    ) -> dict[str, SegmentMeta]:
+        """Brings the segments that missed an epoch change to the new epoch; the
+        states of those that took it."""
+        done: dict[str, SegmentMeta] = {}
+        epochs = Epochs(catch_up.volume_epoch, layout.membership_epoch)
+        for node, meta in by_node.items():
+            ranges = catch_up_truncations(
+                meta.volume_epoch,
+                (Lsn(meta.truncated_above_lsn), Lsn(meta.truncated_up_to_lsn)),
+                catch_up,
+            )
+            try:
+                for truncation in ranges:
+                    meta = await self._call(
+                        self._clients[node].set_epoch(
+                            SegmentId(self.volume_id, pg),
+                            epochs,
+                            truncate=truncation,
+                            timeout_s=self._timeout_s,
+                        )
+                    )
+            except BorealisError as error:
+                self._exclude(pg, node, f"catch-up refused: {error}")
+                continue
+            log.info("segment caught up to the new epoch", pg=pg, node=node, ranges=ranges)
+            done[node] = meta
+        return done
 
     # -- segment states -------------------------------------------------------------------
 
@@ -401,18 +553,19 @@ class Recovery:
 
     def _require_quorum(
         self,
-        usable: Mapping[PgIndex, Sequence[str]],
+        usable: Mapping[PgIndex, Collection[str]],
         what: str,
+        quorum: int,
         exempt: Collection[PgIndex] = (),
     ) -> None:
         short = {
             pg: len(nodes)
             for pg, nodes in usable.items()
-            if len(nodes) < WRITE_QUORUM and pg not in exempt
+            if len(nodes) < quorum and pg not in exempt
         }
         if short:
             raise Unavailable(
-                f"cannot open the volume: PGs without a write quorum of {what}",
+                f"cannot open the volume: PGs with fewer than {quorum} {what}",
                 volume=self.volume_id,
                 segments_by_pg=short,
                 excluded="; ".join(self._excluded) or "none",
@@ -424,11 +577,12 @@ class Recovery:
         nodes_by_pg: Mapping[PgIndex, Sequence[str]],
         epoch: Epoch,
         truncate: tuple[Lsn, Lsn] | None,
+        needed: Callable[[int], int],
         exempt: Collection[PgIndex] = (),
-    ) -> dict[PgIndex, list[str]]:
-        """SetEpoch on the given segments (retried a few times); the nodes that
-        accepted, per PG. Each PG but the exempt ones needs a write quorum."""
-        accepted: dict[PgIndex, list[str]] = {pg: [] for pg in nodes_by_pg}
+    ) -> dict[PgIndex, dict[str, SegmentMeta]]:
+        """SetEpoch on the given segments (retried a few times); the states of those
+        that accepted, per PG. Each PG but the exempt ones needs `needed(asked)`."""
+        accepted: dict[PgIndex, dict[str, SegmentMeta]] = {pg: {} for pg in nodes_by_pg}
         pending = [(pg, node) for pg, nodes in nodes_by_pg.items() for node in nodes]
         errors: dict[tuple[PgIndex, str], BorealisError] = {}
         for _ in range(SET_EPOCH_ATTEMPTS):
@@ -456,11 +610,14 @@ class Recovery:
                 elif isinstance(result, BaseException):
                     raise result
                 else:
-                    accepted[pg].append(node)
+                    accepted[pg][node] = result
             pending = failed
         for pg, node in pending:
             self._exclude(pg, node, f"SetEpoch refused: {errors[(pg, node)]}")
-        self._require_quorum(accepted, "segments accepting the new epoch", exempt)
+        for pg, nodes in nodes_by_pg.items():
+            self._require_quorum(
+                {pg: accepted[pg]}, "segments accepting the new epoch", needed(len(nodes)), exempt
+            )
         return accepted
 
     # -- reading records -------------------------------------------------------------------
@@ -519,6 +676,8 @@ class Recovery:
             self._records_read += len(headers)
             for header in headers:
                 _, lsn, prev_volume, prev_pg, _, page, kind, flags, _, _ = header
+                if self._off_chain(lsn):
+                    continue
                 record = known.get(lsn)
                 if record is None:
                     known[lsn] = RecordSeen(
@@ -598,8 +757,19 @@ class Recovery:
         if below:
             return max(below)
         if not mine:
-            # Every record of the PG is at or below covered_after (<= VDL).
-            return Lsn(max((meta.highest_lsn for meta in states[pg].values()), default=LSN_NONE))
+            # Every record of the PG on the chain is at or below covered_after (<= VDL);
+            # a segment's newest record is the PG's last unless it is off the chain.
+            return Lsn(
+                max(
+                    (
+                        meta.highest_lsn
+                        for meta in states[pg].values()
+                        if meta.highest_lsn <= covered_after
+                        and not self._off_chain(meta.highest_lsn)
+                    ),
+                    default=LSN_NONE,
+                )
+            )
         prev = known[min(mine)].prev_lsn_pg
         if prev <= vdl:
             return prev
@@ -608,3 +778,140 @@ class Recovery:
             {pg: states[pg]}, epochs, covered_after, known, lambda record: record.pg == pg
         )
         return found if found is not None else LSN_NONE
+
+    async def _create(
+        self, pg: PgIndex, nodes: Sequence[str], layout: _PgLayout, catch_up: EpochCatchUp
+    ) -> dict[str, SegmentMeta]:
+        """Creates a short PG's segments on members that lack them (their node lost
+        it, or the PG's creation never reached it), at the new epoch with its
+        truncation, so repair can fill them; the states of those created."""
+        segment_id = SegmentId(self.volume_id, pg)
+        epochs = Epochs(catch_up.volume_epoch, layout.membership_epoch)
+        created = {}
+        for node in nodes:
+            client = self._clients[node]
+            try:
+                await self._call(
+                    client.set_membership(
+                        segment_id,
+                        epochs,
+                        layout.first_page,
+                        layout.page_count,
+                        layout.members,
+                        timeout_s=self._timeout_s,
+                    )
+                )
+                created[node] = await self._call(
+                    client.set_epoch(
+                        segment_id, epochs, truncate=catch_up.truncation, timeout_s=self._timeout_s
+                    )
+                )
+            except BorealisError as error:
+                log.warning("could not create a missing segment", pg=pg, node=node, error=error)
+        return created
+
+    # -- repair --------------------------------------------------------------------------
+
+    async def _repair(
+        self, pg: PgIndex, by_node: Mapping[str, SegmentMeta], epochs: Epochs, last: Lsn
+    ) -> list[str]:
+        """Copies records to the PG's segments until a write quorum is complete up to
+        `last` (its last record at or below VDL); the segments completed."""
+        if last == LSN_NONE:
+            return []
+        complete = [node for node, meta in by_node.items() if meta.scl >= last]
+        if len(complete) >= WRITE_QUORUM:
+            return []
+        lagging = sorted(
+            (node for node in by_node if node not in complete),
+            key=lambda node: by_node[node].scl,
+            reverse=True,
+        )
+        targets = {node: Lsn(by_node[node].scl) for node in lagging[: WRITE_QUORUM - len(complete)]}
+        if not targets:
+            log.warning(
+                "PG short of a write quorum up to VDL and no segment to repair; writes wait "
+                "for a segment to return",
+                pg=pg,
+                last=last,
+                complete=len(complete),
+            )
+            return []
+        # One complete segment holds everything; without one, the union does.
+        sources = complete[:1] or sorted(by_node)
+        scls = dict(targets)
+        for source in sources:
+            await self._copy(pg, source, epochs, targets, scls, last)
+        repaired = sorted(node for node, scl in scls.items() if scl >= last)
+        complete_count = len(complete) + len(repaired)
+        log.info(
+            "PG repaired",
+            pg=pg,
+            last=last,
+            repaired=",".join(repaired) or "none",
+            complete=complete_count,
+        )
+        if complete_count < WRITE_QUORUM:
+            log.warning(
+                "PG short of a write quorum up to VDL after repair; writes wait for a segment",
+                pg=pg,
+                last=last,
+                complete=complete_count,
+                scls={node: scl for node, scl in scls.items()},
+            )
+        return repaired
+
+    async def _copy(
+        self,
+        pg: PgIndex,
+        source: str,
+        epochs: Epochs,
+        targets: Mapping[str, Lsn],
+        scls: dict[str, Lsn],
+        last: Lsn,
+    ) -> None:
+        """Streams the source's records in (lowest target SCL, last] to the targets
+        (each gets those above its SCL; storage ignores what it holds). A target
+        that fails is left for gossip."""
+        segment_id = SegmentId(self.volume_id, pg)
+        after = min(targets.values())
+        failed: set[str] = set()
+        for _ in range(READ_RECORDS_PAGES_MAX):
+            records, more, _ = await self._call(
+                self._clients[source].read_records(
+                    segment_id,
+                    epochs,
+                    after,
+                    last,
+                    bytes_max=self._config.read_records_bytes_max,
+                    timeout_s=self._timeout_s,
+                )
+            )
+            if not records:
+                return
+            lsns = [Lsn(redo.check(data, Corruption)[1]) for data in records]
+            for node, scl_start in targets.items():
+                if node == source or node in failed or scls[node] >= last:
+                    continue
+                wanted = [data for lsn, data in zip(lsns, records, strict=True) if lsn > scl_start]
+                try:
+                    scls[node] = await self._append(segment_id, node, epochs, wanted, scls[node])
+                except BorealisError as error:
+                    log.warning("repair append failed", pg=pg, node=node, error=error)
+                    failed.add(node)
+            after = lsns[-1]
+            if not more:
+                return
+        raise Unavailable("ReadRecords kept saying `more`", pg=pg, node=source)
+
+    async def _append(
+        self, segment_id: SegmentId, node: str, epochs: Epochs, records: list[bytes], scl: Lsn
+    ) -> Lsn:
+        for start in range(0, len(records), REPAIR_BATCH_RECORDS_MAX):
+            batch = records[start : start + REPAIR_BATCH_RECORDS_MAX]
+            ack = await self._call(
+                self._clients[node].append(segment_id, epochs, batch, timeout_s=self._timeout_s)
+            )
+            self._records_repaired += ack.records_new
+            scl = Lsn(max(scl, ack.scl))
+        return scl

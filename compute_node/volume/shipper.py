@@ -31,10 +31,20 @@ SQLite worker thread, so groups arrive in LSN order). From there:
   the LAL, and waiters fail after their timeout with Unavailable naming the PG
   that holds the VCL back (`DurabilityTracker.oldest_incomplete`), its segments'
   SCLs and their last errors.
-- Fencing. A segment that refuses the writer's epochs (StaleEpoch) is retried at the
-  slowest pace. When enough segments of one PG refuse that no write quorum is
-  left (3 of 6), a newer writer has taken the volume: the shipper stops, fails
-  every waiter with StaleEpoch, and `fenced` is set so that admits are refused.
+- Epochs. After a recovery, a segment the recovery did not finish (its node was
+  down, or it took the new epoch but not the truncation) is checked before the
+  first append to it, and so is any segment that refuses the writer's epochs
+  (StaleEpoch): GetSegmentState tells which side is behind. A segment behind the
+  writer is brought to its epoch with the truncation ranges of
+  `epochs.catch_up_truncations` (so records an old writer left above the VDL are
+  deleted, never served) and then caught up like any lagging segment.
+- Fencing. A segment ahead of the writer (a newer volume or membership epoch) is
+  retried at the slowest pace. When that many segments of one PG are ahead that
+  no write quorum is left (3 of 6), a newer writer has taken the volume: the
+  shipper stops, fails every waiter with WriterFenced, and `fenced` is set so
+  that every later admit is refused with it too. Nothing the fenced writer
+  commits from then on is acknowledged: a commit is acknowledged only at a write
+  quorum at the writer's epoch, which no longer exists.
 
 Everything here runs on one event loop and is not thread-safe; worker threads use
 `loop.call_soon_threadsafe` (submit, add_waiter).
@@ -50,15 +60,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from borealis.errors import BorealisError, NotFound, StaleEpoch, Unavailable
+from borealis.errors import BorealisError, NotFound, StaleEpoch, Unavailable, WriterFenced
 from borealis.ids import LSN_NONE, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from compute_node.volume.durability import AckRefused, DurabilityTracker, Waiters
+from compute_node.volume.epochs import EpochCatchUp, catch_up_truncations
 from compute_node.volume.lsn import Assignment
 from compute_node.volume.topology import SEGMENTS_PER_PG, WRITE_QUORUM
 from storage_node.client import AppendAck, encode_append
-from storage_node.segment import Member
+from storage_node.segment import Member, SegmentMeta
 
 log = get_logger("compute_node.shipper")
 
@@ -69,6 +80,10 @@ FENCING_SEGMENTS = SEGMENTS_PER_PG - WRITE_QUORUM + 1
 # Retained records are compacted out of their lists once this many are dropped
 # (and they are at least half of the lists), so dropping stays O(1) amortised.
 RETAINED_COMPACT_MIN = 1024
+
+
+class _SegmentAhead(StaleEpoch):
+    """The segment is at a newer volume or membership epoch than the writer."""
 
 
 class ShipperClient(Protocol):
@@ -83,6 +98,16 @@ class ShipperClient(Protocol):
         first_page: int,
         page_count: int,
         members: list[Member],
+        timeout_s: float | None = None,
+    ) -> Any: ...
+
+    async def state(self, segment_id: SegmentId, timeout_s: float | None = None) -> SegmentMeta: ...
+
+    async def set_epoch(
+        self,
+        segment_id: SegmentId,
+        epochs: Epochs,
+        truncate: tuple[int, int] | None = None,
         timeout_s: float | None = None,
     ) -> Any: ...
 
@@ -138,6 +163,7 @@ class ShipperStats:
     catchup_records: int = 0
     segments_left_behind: int = 0
     segments_recreated: int = 0
+    segments_caught_up: int = 0
     stale_epoch_refusals: int = 0
     waiter_timeouts: int = 0
 
@@ -186,12 +212,13 @@ class _Segment:
         "retry_at_s",
         "retry_timer",
         "missing",
+        "check_epoch",
         "stale_epoch",
         "left_behind",
         "last_error",
     )
 
-    def __init__(self, member: Member, sent_up_to: Lsn, missing: bool) -> None:
+    def __init__(self, member: Member, sent_up_to: Lsn, missing: bool, check_epoch: bool) -> None:
         self.member = member
         self.node = member.node
         # The highest SCL the segment reported.
@@ -205,6 +232,10 @@ class _Segment:
         self.retry_timer: asyncio.TimerHandle | None = None
         # The node does not have the segment (not created, or its data is gone).
         self.missing = missing
+        # Its epochs (and truncation) must be checked before the next append: it
+        # refused the writer's epochs, or recovery did not finish it.
+        self.check_epoch = check_epoch
+        # It is at a newer epoch than the writer (counts towards fencing).
         self.stale_epoch = False
         self.left_behind = False
         self.last_error = ""
@@ -223,6 +254,7 @@ class _Pg:
         page_count: int,
         lsn_last: Lsn,
         missing: Iterable[str],
+        unchecked: Iterable[str],
     ) -> None:
         self.pg = pg
         self.segment_id = segment_id
@@ -231,7 +263,11 @@ class _Pg:
         self.first_page = first_page
         self.page_count = page_count
         absent = set(missing)
-        self.segments = [_Segment(m, lsn_last, m.node in absent) for m in members]
+        check = set(unchecked)
+        self.segments = [
+            _Segment(m, lsn_last, m.node in absent, m.node in check and m.node not in absent)
+            for m in members
+        ]
         # Records not yet in a batch, and the bytes they hold.
         self.queue: deque[tuple[Lsn, bytes]] = deque()
         # Records batched and not yet acked by every segment, LSN ascending, as two
@@ -273,7 +309,10 @@ class Shipper:
         config: ShipperConfig | None = None,
         on_scl: Callable[[PgIndex, str, Lsn], None] | None = None,
         on_vdl: Callable[[Lsn], None] | None = None,
+        catch_up: EpochCatchUp | None = None,
     ) -> None:
+        """`catch_up`: after a recovery, how to bring segments that missed the new
+        epoch or its truncation up to it (None for a new volume)."""
         self.volume_id = volume_id
         self.config = config or ShipperConfig()
         self.tracker = tracker
@@ -285,7 +324,8 @@ class Shipper:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rpc_timeout_s = self.config.rpc_timeout_ms / 1000
         self._closed = False
-        self.fenced: StaleEpoch | None = None
+        self._epoch_catch_up = catch_up
+        self.fenced: WriterFenced | None = None
         self.stats = ShipperStats()
 
     # -- PGs ---------------------------------------------------------------------------
@@ -299,13 +339,16 @@ class Shipper:
         page_count: int,
         lsn_last: Lsn = LSN_NONE,
         missing: Iterable[str] = (),
+        checked: Iterable[str] | None = None,
     ) -> None:
         """Starts shipping to a PG: its 6 members, the epochs its requests carry, its
         page range (to re-create a segment a node lacks), and its last record
         (`lsn_last`: what its first new record links to; segments are assumed to
         hold up to it until they say otherwise). `missing` names members known not
         to have the segment yet; they get it (SetMembership) before their first
-        append."""
+        append. `checked` names the members known to be at the writer's epoch with
+        its truncation (recovery's); the others are checked before their first
+        append (None: all are, a new PG)."""
         assert pg not in self._pgs, pg
         self.tracker.set_members(pg, [member.node for member in members])
         self._pgs[pg] = _Pg(
@@ -317,6 +360,7 @@ class Shipper:
             page_count,
             lsn_last,
             missing,
+            () if checked is None else {m.node for m in members} - set(checked),
         )
 
     def has_pg(self, pg: PgIndex) -> bool:
@@ -530,8 +574,8 @@ class Shipper:
         only waiting for its backoff."""
         if segment.in_flight >= self.config.requests_per_segment_max:
             return False
-        if segment.missing and segment.in_flight:
-            return False  # one call creates the segment; the others wait for it
+        if (segment.missing or segment.check_epoch) and segment.in_flight:
+            return False  # one call creates or checks the segment; the others wait
         if now_s >= segment.retry_at_s:
             return True
         if segment.retry_timer is None:
@@ -587,6 +631,8 @@ class Shipper:
         try:
             if segment.missing:
                 await self._recreate(state, segment, client)
+            if segment.check_epoch:
+                await self._check_epoch(state, segment, client)
             ack = await client.append_encoded(request, timeout_s=self._rpc_timeout_s)
         except BorealisError as error:
             segment.in_flight -= 1
@@ -617,6 +663,53 @@ class Shipper:
         segment.missing = False
         self.stats.segments_recreated += 1
         log.info("segment created on its node", pg=state.pg, node=segment.node)
+
+    async def _check_epoch(self, state: _Pg, segment: _Segment, client: ShipperClient) -> None:
+        """Brings a segment behind the writer's epoch (or truncation) up to it;
+        raises _SegmentAhead if it is ahead."""
+        meta = await client.state(state.segment_id, timeout_s=self._rpc_timeout_s)
+        epochs = state.epochs
+        if meta.volume_epoch > epochs.volume or meta.membership_epoch > epochs.membership:
+            raise _SegmentAhead(
+                "segment is at a newer epoch than the writer",
+                segment=state.segment_id,
+                node=segment.node,
+                segment_volume_epoch=meta.volume_epoch,
+                segment_membership_epoch=meta.membership_epoch,
+                volume_epoch=epochs.volume,
+                membership_epoch=epochs.membership,
+            )
+        if meta.membership_epoch < epochs.membership:
+            # A membership change it missed: not this writer's to repair.
+            raise StaleEpoch(
+                "segment missed a membership change",
+                segment=state.segment_id,
+                node=segment.node,
+                segment_membership_epoch=meta.membership_epoch,
+            )
+        catch_up = self._epoch_catch_up
+        truncation = (Lsn(meta.truncated_above_lsn), Lsn(meta.truncated_up_to_lsn))
+        ranges = (
+            []
+            if catch_up is None
+            else catch_up_truncations(meta.volume_epoch, truncation, catch_up)
+        )
+        if catch_up is None and meta.volume_epoch < epochs.volume:
+            raise StaleEpoch("segment is behind a writer that ran no recovery", node=segment.node)
+        for truncate in ranges:
+            await client.set_epoch(
+                state.segment_id, epochs, truncate=truncate, timeout_s=self._rpc_timeout_s
+            )
+        segment.check_epoch = False
+        if ranges:
+            self.stats.segments_caught_up += 1
+            log.info(
+                "segment brought to the writer's epoch",
+                pg=state.pg,
+                node=segment.node,
+                segment_volume_epoch=meta.volume_epoch,
+                ranges=ranges,
+            )
 
     def _acked(self, state: _Pg, segment: _Segment, ack: AppendAck) -> None:
         stats = self.stats
@@ -684,10 +777,16 @@ class Shipper:
             config.retry_delay_max_ms,
             config.retry_delay_min_ms * 2 ** min(segment.failures - 1, 30),
         )
-        if isinstance(error, StaleEpoch):
+        if isinstance(error, _SegmentAhead):
             stats.stale_epoch_refusals += 1
             segment.stale_epoch = True
             delay_ms = config.retry_delay_max_ms
+        elif isinstance(error, StaleEpoch):
+            # Which side is behind is learned from the segment's state next time.
+            stats.stale_epoch_refusals += 1
+            segment.check_epoch = True
+            if segment.failures > 1:
+                delay_ms = config.retry_delay_max_ms
         elif isinstance(error, NotFound):
             segment.missing = True
         segment.retry_at_s = time.monotonic() + delay_ms / 1000
@@ -701,17 +800,18 @@ class Shipper:
                 scl=segment.scl,
                 error=error,
             )
-        if isinstance(error, StaleEpoch):
-            refusing = sum(1 for s in state.segments if s.stale_epoch)
-            if refusing >= FENCING_SEGMENTS:
+        if isinstance(error, _SegmentAhead):
+            ahead = sum(1 for s in state.segments if s.stale_epoch)
+            if ahead >= FENCING_SEGMENTS:
                 self._fence(state, error)
 
     def _fence(self, state: _Pg, error: StaleEpoch) -> None:
         if self.fenced is not None:
             return
-        self.fenced = StaleEpoch(
-            "the writer is fenced: segments refuse its volume epoch (a newer writer "
-            "took over the volume)",
+        self.fenced = WriterFenced(
+            "the writer is fenced: this instance is no longer the writer (segments are "
+            "at a newer volume epoch: another writer took over the volume); reconnect "
+            "through the writer endpoint",
             pg=state.pg,
             epochs=state.epochs,
             error=error.message,

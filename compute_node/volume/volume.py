@@ -28,9 +28,11 @@ The VDL a worker thread reads (`vdl`) is a copy the loop updates before it lets
 the cache unpin; a stale value is only ever lower, which is safe everywhere it
 is used (read points, LAL).
 
-Reopening (`open`) is a first version of DESIGN.md section 8's recovery, for a
-writer that stopped or was killed (see recovery.py for the steps and what it does
-not handle yet).
+Reopening (`open`) is DESIGN.md section 8's recovery, for a writer that stopped
+or was killed, or a reader promoted to writer (see recovery.py). It fences every
+older writer. A writer that is fenced (`shipper.fenced`, a WriterFenced error)
+refuses every later admit and read from storage with that error: it must stop
+serving as the writer.
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ class Volume:
             config.shipper,
             on_scl=self._reader.note_scl,
             on_vdl=self._vdl_advanced,
+            catch_up=recovered.catch_up if recovered is not None else None,
         )
         self._membership_epoch: dict[PgIndex, Epoch] = {}
         self._read_timeout_s = config.reader.read_timeout_ms / 1000 + LOOP_GRACE_S
@@ -274,6 +277,7 @@ class Volume:
                 recovered.membership_epoch_by_pg[pg],
                 recovered.last_lsn_by_pg.get(pg, LSN_NONE),
                 recovered.missing_by_pg.get(pg, ()),
+                recovered.caught_up_by_pg.get(pg, ()),
             )
         log.info(
             "volume opened",
@@ -282,6 +286,11 @@ class Volume:
             vdl=recovered.vdl,
             vcl=recovered.vcl,
             floor=recovered.floor,
+            repaired=";".join(
+                f"{pg}:{','.join(nodes)}" for pg, nodes in recovered.repaired_by_pg.items()
+            )
+            or "none",
+            records_repaired=recovered.records_repaired,
             truncate_up_to=recovered.truncate_up_to,
             page_count=recovered.page_count,
             pgs=len(recovered.members_by_pg),
@@ -300,8 +309,11 @@ class Volume:
         membership_epoch: Epoch,
         lsn_last: Lsn,
         missing: Iterable[str] = (),
+        checked: Iterable[str] | None = None,
     ) -> None:
-        """Makes a PG known to the reader and the shipper (on the loop)."""
+        """Makes a PG known to the reader and the shipper (on the loop). `checked`:
+        the segments recovery left at the new epoch with its truncation (None for a
+        new PG); the shipper checks the others before appending to them."""
         self._membership_epoch[pg] = membership_epoch
         self._members[pg] = members
         first_page = self._topology.first_page(pg)
@@ -313,6 +325,7 @@ class Volume:
             self._topology.pages_per_pg,
             lsn_last,
             missing,
+            checked,
         )
         for observer in self._observers:
             observer.on_pg_added(pg, membership_epoch, [member.node for member in members])

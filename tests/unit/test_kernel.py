@@ -35,6 +35,7 @@ from borealis.errors import (
     TransactionAborted,
     Unavailable,
     VersionGone,
+    WriterFenced,
 )
 from borealis.log import KeyValueFormatter, Logger
 from deploy import ports
@@ -203,6 +204,7 @@ INTENDED_STATUS = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
     StaleEpoch: grpc.StatusCode.FAILED_PRECONDITION,
+    WriterFenced: grpc.StatusCode.FAILED_PRECONDITION,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

@@ -18,18 +18,19 @@ from typing import Any
 import pytest
 
 from borealis import redo
-from borealis.errors import NotFound, StaleEpoch, Unavailable
+from borealis.errors import NotFound, StaleEpoch, Unavailable, WriterFenced, sqlstate_of
 from borealis.ids import Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.redo import Kind, RedoRecord
 from compute_node.volume import shipper as shipper_module
 from compute_node.volume.durability import DurabilityTracker
+from compute_node.volume.epochs import NO_TRUNCATION, EpochCatchUp
 from compute_node.volume.lsn import LsnAllocator
 from compute_node.volume.shipper import Shipper, ShipperConfig
 from compute_node.volume.topology import Topology
 from proto import storage_pb2
 from storage_node.chain import SegmentChain
 from storage_node.client import AppendAck
-from storage_node.segment import Member
+from storage_node.segment import Member, SegmentMeta
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +59,11 @@ class FakeNode:
         self.fail_next = 0
         self.calls = 0
         self.requests: list[bytes] = []
+        # Every record held per PG (for truncation), and each record's PG backlink.
+        self.held: dict[int, list[Lsn]] = {}
+        self.prev_by_lsn: dict[Lsn, Lsn] = {}
+        self.truncation: tuple[Lsn, Lsn] = (Lsn(0), Lsn(0))
+        self.set_epoch_calls: list[tuple[int, int] | None] = []
 
     def create(self, pg: int) -> None:
         self.chains.setdefault(pg, SegmentChain())
@@ -94,9 +100,17 @@ class FakeNode:
         if chain is None:
             raise NotFound("no such segment on this node", node=self.name)
         new = 0
+        above, up_to = self.truncation
         for data in message.records:
             header = redo.check(data)
-            new += chain.add(Lsn(header[1]), Lsn(header[3]))
+            lsn, prev = Lsn(header[1]), Lsn(header[3])
+            if above < lsn <= up_to:
+                continue
+            added = chain.add(lsn, prev)
+            if added:
+                self.held.setdefault(message.segment.pg, []).append(lsn)
+                self.prev_by_lsn[lsn] = prev
+            new += added
         return AppendAck(chain.scl, chain.highest_lsn, new)
 
     async def set_membership(
@@ -111,6 +125,48 @@ class FakeNode:
         if self.down:
             raise Unavailable("connection refused", node=self.name)
         self.create(segment_id.pg)
+
+    async def state(self, segment_id: SegmentId, timeout_s: float | None = None) -> SegmentMeta:
+        if self.down:
+            raise Unavailable("connection refused", node=self.name)
+        chain = self.chains[segment_id.pg]
+        above, up_to = self.truncation
+        return SegmentMeta(
+            volume_id=segment_id.volume_id,
+            pg=segment_id.pg,
+            first_page=segment_id.pg * PAGES_PER_PG,
+            page_count=PAGES_PER_PG,
+            volume_epoch=self.epochs.volume,
+            membership_epoch=self.epochs.membership,
+            scl=chain.scl,
+            highest_lsn=chain.highest_lsn,
+            truncated_above_lsn=above,
+            truncated_up_to_lsn=up_to,
+        )
+
+    async def set_epoch(
+        self,
+        segment_id: SegmentId,
+        epochs: Epochs,
+        truncate: tuple[int, int] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        if self.down:
+            raise Unavailable("connection refused", node=self.name)
+        assert epochs.volume >= self.epochs.volume, (epochs, self.epochs)
+        self.epochs = epochs
+        self.set_epoch_calls.append(truncate)
+        if truncate is not None:
+            above, up_to = truncate
+            chain = self.chains[segment_id.pg]
+            kept = [lsn for lsn in self.held[segment_id.pg] if not above < lsn <= up_to]
+            self.held[segment_id.pg] = kept
+            self.truncation = (Lsn(above), Lsn(up_to))
+            # Rebuilt from what is left, as storage does from its log.
+            self.chains[segment_id.pg] = rebuilt = SegmentChain()
+            for lsn in kept:
+                rebuilt.add(lsn, self.prev_by_lsn[lsn])
+            del chain
 
 
 class Rig:
@@ -493,3 +549,81 @@ def test_lsn_readable_is_the_pgs_newest_record_at_or_below() -> None:
         assert rig.shipper.lsn_readable(pg0, Lsn(c + 10)) == c
 
     run(scenario)
+
+
+# -- epochs after a recovery -----------------------------------------------------------------
+
+
+def test_a_segment_behind_the_epoch_is_caught_up_with_its_truncation_not_counted_as_fencing() -> (
+    None
+):
+    async def scenario() -> None:
+        # The writer of epoch 2 recovered VDL 0 and truncated (0, 500]; three nodes were
+        # down and still hold an old writer's records in that range at epoch 1.
+        rig = Rig()
+        catch_up = EpochCatchUp(Epoch(2), (Lsn(0), Lsn(500)), NO_TRUNCATION)
+        rig.shipper = Shipper(
+            VOLUME,
+            DurabilityTracker(Lsn(0), lsn_allocation_floor=Lsn(500)),
+            rig.nodes,
+            ShipperConfig(retry_delay_min_ms=5.0, retry_delay_max_ms=20.0),
+            catch_up=catch_up,
+        )
+        rig.allocator = LsnAllocator(start_after=Lsn(500))
+        new_epochs = Epochs(Epoch(2), Epoch(1))
+        behind = (1, 3, 5)
+        for index in range(6):
+            node = rig.node(index)
+            node.create(0)
+            if index in behind:
+                # An old writer's record at LSN 7 (from nothing): off the chain now.
+                chain = node.chains[0]
+                chain.add(Lsn(7), Lsn(0))
+                node.held[0] = [Lsn(7)]
+                node.prev_by_lsn[Lsn(7)] = Lsn(0)
+            else:
+                node.epochs = new_epochs
+                node.truncation = (Lsn(0), Lsn(500))
+        checked = [NODES[index] for index in range(6) if index not in behind]
+        rig.shipper.add_pg(
+            PgIndex(0), MEMBERS, new_epochs, 0, PAGES_PER_PG, Lsn(0), checked=checked
+        )
+        assert rig.scls_of() == [0, 7, 0, 7, 0, 7]
+        cpl = rig.commit([1, 2])
+        # Three up-to-date segments are not a write quorum: the other three must be
+        # caught up (not taken for a newer writer) before the commit is durable.
+        assert await asyncio.wait_for(rig.shipper.wait_durable(cpl), 5) >= cpl
+        assert rig.shipper.fenced is None
+        for index in behind:
+            node = rig.node(index)
+            assert node.epochs == new_epochs
+            assert node.set_epoch_calls == [(0, 500)]
+            assert Lsn(7) not in node.held[0]
+        await until(lambda: rig.scls_of() == [cpl] * 6)
+        assert rig.shipper.stats.segments_caught_up == 3
+        await rig.shipper.close()
+
+    run(scenario)
+
+
+def test_fenced_writer_fails_every_waiter_and_later_commit_with_writer_fenced() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        for node in rig.nodes.values():
+            node.epochs = Epochs(Epoch(2), Epoch(1))
+        cpl = rig.commit([1])
+        with pytest.raises(WriterFenced, match="no longer the writer"):
+            await asyncio.wait_for(rig.shipper.wait_durable(cpl), 5)
+        assert sqlstate_of_fenced(rig.shipper.fenced) == "25006"
+        later = rig.commit([2])
+        with pytest.raises(WriterFenced):
+            await rig.shipper.wait_durable(later)
+        # Nothing was ever durable at the old epoch.
+        assert rig.shipper.vdl == 0
+
+    run(scenario)
+
+
+def sqlstate_of_fenced(error: BaseException | None) -> str:
+    assert isinstance(error, WriterFenced)
+    return sqlstate_of(error)
