@@ -12,13 +12,26 @@ bump, no recovery, no shipping), subscribes to the writer's redo stream
 (`writer_address`, or the writer named in the cluster file), waits until it has a
 read point, then opens a read-only engine and serves PostgreSQL; writes get SQLSTATE
 25006 in the SQL layer, and SQLite connections are all read-only underneath.
+
+Both send heartbeats to the control plane once serving (compute_node/replication/
+heartbeat.py). Failover changes an instance's role in its config file (for every
+later start) and promotes the reader in place: on SIGUSR1 a reader stops serving,
+closes its replica, and goes on in the same process as the writer, whose
+Volume.open runs recovery and fences the old writer with a new volume epoch. The
+process is not restarted because starting one (imports alone) takes longer than the
+rest of the promotion. A demoted writer is restarted as a reader. A reader follows
+the writer cluster.json names (so it finds a promoted writer), and only before
+cluster.json names one, the configured `writer_address`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import signal
+from collections.abc import Callable
 
 from borealis import rpc
 from borealis.admin import AdminService
@@ -31,6 +44,7 @@ from borealis.pgwire.server import PgServer, ServerSettings, start_server
 from borealis.serving import Serving, until_stopped
 from compute_node.config import ComputeNodeConfig
 from compute_node.engine.sessions import Engine
+from compute_node.replication.heartbeat import Heartbeats, Status
 from compute_node.replication.publisher import SERVICE_NAME as REPLICATION_SERVICE
 from compute_node.replication.publisher import Publisher, ReplicationService
 from compute_node.replication.replica import ReplicaVolume
@@ -79,11 +93,29 @@ class Instance:
             raise InvalidRequest("unknown role", role=config.role)
         self.config = config
         self.metrics = Metrics("borealis_instance")
+        self._promote = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Set by the control plane's SIGUSR1: a reader becomes the writer in place.
+        loop.add_signal_handler(signal.SIGUSR1, self._promote.set)
         if self.config.role == "reader":
-            await self._run_reader()
-            return
+            if not await self._run_reader():
+                return
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            self._become_writer()
+        await self._run_writer()
+
+    def _become_writer(self) -> None:
+        """After a reader's promotion: the writer's config (the control plane has written
+        the same role to the config file, for later starts) and fresh metrics."""
+        self.config = dataclasses.replace(self.config, role="writer", writer_address="")
+        self.metrics = Metrics("borealis_instance")
+        log.info("promoted: opening the volume as its writer", name=self.config.name)
+
+    async def _run_writer(self) -> None:
         volume = await open_volume(self.config)
         volume.register_metrics(self.metrics)
         publisher = Publisher(volume)
@@ -112,9 +144,11 @@ class Instance:
             config.metrics_port,
         )
         log.info("instance serving", name=config.name, role=config.role, port=serving.port)
+        heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
         await until_stopped()
 
         log.info("instance stopping", name=config.name)
+        heartbeats.cancel()
         await postgres.close()
         await publisher.close()
         await serving.stop(config.shutdown_grace_ms / 1000)
@@ -126,8 +160,9 @@ class Instance:
         await volume.close()
         log.info("instance stopped", name=self.config.name)
 
-    async def _run_reader(self) -> None:
-        """A reader instance: see the module docstring."""
+    async def _run_reader(self) -> bool:
+        """A reader instance (see the module docstring) until SIGTERM or promotion;
+        True when it is to go on as the writer."""
         config = self.config
         replica = ReplicaVolume(
             VolumeId(config.volume_id), storage_members(config), volume_config_of(config)
@@ -135,12 +170,13 @@ class Instance:
         replica.register_metrics(self.metrics)
 
         def writer_address() -> str | None:
-            return config.writer_address or writer_address_from(config.cluster_file)
+            return writer_address_from(config.cluster_file) or config.writer_address or None
 
         subscription = Subscription(replica, config.name, writer_address)
         subscription.register_metrics(self.metrics)
         following = asyncio.ensure_future(subscription.run())
         engine: Engine | None = None
+        promoted = False
         try:
             await subscription.started.wait()
             engine = await Engine.open(
@@ -163,8 +199,16 @@ class Instance:
                 config.metrics_port,
             )
             log.info("instance serving", name=config.name, role=config.role, port=serving.port)
-            await until_stopped()
-            log.info("instance stopping", name=config.name)
+            heartbeats = self._heartbeats(
+                lambda: Status(
+                    lsn=replica.lsn_applied,
+                    lag_lsns=subscription.lag_lsns,
+                    lag_ms=subscription.lag_ms(),
+                )
+            )
+            promoted = await self._until_stopped_or_promoted()
+            log.info("instance stopping", name=config.name, promoted=promoted)
+            heartbeats.cancel()
             await postgres.close()
             await serving.stop(config.shutdown_grace_ms / 1000)
         finally:
@@ -175,6 +219,31 @@ class Instance:
                 await engine.close()
             await replica.close()
         log.info("instance stopped", name=config.name)
+        return promoted and not self._stopping.is_set()
+
+    async def _until_stopped_or_promoted(self) -> bool:
+        """Waits for SIGTERM/SIGINT or a promotion; True for a promotion. A SIGTERM
+        during the reader's teardown still counts (see `_stopping`); after it the
+        default action applies again, as for any instance starting."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        waiters = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._promote.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self._stopping.is_set()
+
+    def _heartbeats(self, status: Callable[[], Status]) -> asyncio.Future[None]:
+        """Starts the heartbeats to the control plane; cancel the result to stop them."""
+        config = self.config
+        sender = Heartbeats(config.name, config.role, config.cluster_file, status)
+        return asyncio.ensure_future(sender.run())
 
     async def _serve_postgres(self, engine: Engine) -> PgServer:
         config = self.config

@@ -1,4 +1,5 @@
-"""python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--readers N] ...
+"""python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--readers N]
+[--heartbeat-interval-ms MS] [--writer-dead-after-ms MS] ...
 
 Started in the background by `borealis up`. It starts and supervises the cluster's
 processes (storage nodes, the writer, readers, the router), serves gRPC health and
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from borealis import faults, log
 from borealis.errors import BorealisError
+from control_plane.failover import FailoverPolicy, FailoverSettings
 from control_plane.service import ControlPlaneService
 from control_plane.supervisor import Supervisor
 from deploy.local import LocalCluster
@@ -37,7 +39,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--instance-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-writer", action="store_true", help="start only the storage tier")
     parser.add_argument("--readers", type=int, default=0, help="reader instances to start")
+    defaults = FailoverSettings()
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms)
+    parser.add_argument(
+        "--writer-dead-after-ms",
+        type=int,
+        default=defaults.writer_dead_after_ms,
+        help="a writer with no heartbeat for this long is declared dead",
+    )
     return parser.parse_args(argv)
+
+
+def failover_policy(args: argparse.Namespace) -> FailoverPolicy:
+    settings = FailoverSettings(
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
+        writer_dead_after_ms=args.writer_dead_after_ms,
+        reader_stale_after_ms=args.writer_dead_after_ms,
+    )
+    return FailoverPolicy(settings)
 
 
 def build_cluster(args: argparse.Namespace) -> LocalCluster:
@@ -61,7 +80,8 @@ def build_cluster(args: argparse.Namespace) -> LocalCluster:
 
 def serve(port: int, supervisor: Supervisor) -> tuple[grpc.Server, health.HealthServicer]:
     """Health and the ControlPlane API on the base port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    # Heartbeats keep arriving while a long request (a failover) holds a thread.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     control_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(supervisor), server)
@@ -79,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     if not port_is_free(args.base_port):
         logger.error("control plane port is in use", port=args.base_port)
         return 2
-    supervisor = Supervisor(build_cluster(args), args.base_port)
+    try:
+        policy = failover_policy(args)
+    except ValueError as error:
+        logger.error("bad failover settings", error=str(error))
+        return 2
+    supervisor = Supervisor(build_cluster(args), args.base_port, failover=policy)
     server, servicer = serve(args.base_port, supervisor)
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())

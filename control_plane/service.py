@@ -1,5 +1,6 @@
 """The control plane's gRPC API (proto/control.proto): what `borealis add-reader`,
-`remove-reader` and `endpoint create` ask of a running cluster.
+`remove-reader`, `endpoint create` and `failover` ask of a running cluster, and the
+instances' heartbeats.
 
 Handlers run on the gRPC server's threads; every change to the cluster goes
 through the Supervisor under its lock, so supervision never sees a half-made change.
@@ -11,6 +12,7 @@ import grpc
 
 from borealis.errors import BorealisError, grpc_status_of
 from borealis.log import get_logger
+from control_plane.failover import READER, WRITER, Heartbeat
 from control_plane.supervisor import Supervisor
 from proto import control_pb2, control_pb2_grpc
 
@@ -50,6 +52,32 @@ class ControlPlaneService(control_pb2_grpc.ControlPlaneServicer):
         except BorealisError as error:
             _abort(context, error)
         return control_pb2.CreateEndpointResponse(url=url)
+
+    def Heartbeat(  # noqa: N802
+        self, request: control_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> control_pb2.HeartbeatResponse:
+        if not request.name or request.role not in (WRITER, READER):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a heartbeat needs a name and a role")
+        beat = Heartbeat(
+            role=request.role,
+            pid=request.pid,
+            lsn=request.lsn,
+            lag_lsns=request.lag_lsns,
+            lag_ms=request.lag_ms,
+        )
+        interval_ms = self._supervisor.heartbeat(request.name, beat)
+        return control_pb2.HeartbeatResponse(interval_ms=interval_ms)
+
+    def Failover(  # noqa: N802
+        self, request: control_pb2.FailoverRequest, context: grpc.ServicerContext
+    ) -> control_pb2.FailoverResponse:
+        try:
+            old, new, switchover_s = self._supervisor.planned_failover(request.target)
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.FailoverResponse(
+            old_writer=old, new_writer=new, switchover_ms=round(switchover_s * 1000)
+        )
 
 
 def _abort(context: grpc.ServicerContext, error: BorealisError) -> None:

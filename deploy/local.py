@@ -10,6 +10,7 @@ allocator. `cluster.json` in the data directory records what runs where, so
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -376,6 +377,20 @@ class LocalCluster:
             endpoint["instances"] = [each for each in endpoint["instances"] if each != name]
         shutil.rmtree(instance.directory, ignore_errors=True)
         self.write_cluster_file()
+
+    def set_role(self, name: str, role: str, writer_address: str = "") -> InstanceProcess:
+        """Changes an instance's role in its config file, so that every later start
+        has it (failover: a reader promoted to writer, which the control plane also
+        switches in place; the old writer rejoining as a reader). cluster.json shows
+        the new role at its next write."""
+        instance = self.instance(name)
+        path = instance.directory / "compute_node.toml"
+        config = config_module.load(ComputeNodeConfig, path, table="compute_node")
+        config = dataclasses.replace(config, role=role, writer_address=writer_address)
+        path.with_suffix(".tmp").write_text("[compute_node]\n" + config_module.to_toml(config))
+        path.with_suffix(".tmp").replace(path)
+        instance.role = role
+        return instance
 
     def instance(self, name: str) -> InstanceProcess:
         for instance in self.instances:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/control.proto\x12\x10\x62orealis.control\" \n\x10\x41\x64\x64ReaderRequest\x12\x0c\n\x04tier\x18\x01 \x01(\r\"3\n\x11\x41\x64\x64ReaderResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"=\n\x13RemoveReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\r\"/\n\x14RemoveReaderResponse\x12\x17\n\x0fsessions_closed\x18\x01 \x01(\r\"8\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"%\n\x16\x43reateEndpointResponse\x12\x0b\n\x03url\x18\x01 \x01(\t2\xa8\x02\n\x0c\x43ontrolPlane\x12T\n\tAddReader\x12\".borealis.control.AddReaderRequest\x1a#.borealis.control.AddReaderResponse\x12]\n\x0cRemoveReader\x12%.borealis.control.RemoveReaderRequest\x1a&.borealis.control.RemoveReaderResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.borealis.control.CreateEndpointRequest\x1a(.borealis.control.CreateEndpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/control.proto\x12\x10\x62orealis.control\" \n\x10\x41\x64\x64ReaderRequest\x12\x0c\n\x04tier\x18\x01 \x01(\r\"3\n\x11\x41\x64\x64ReaderResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"=\n\x13RemoveReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\r\"/\n\x14RemoveReaderResponse\x12\x17\n\x0fsessions_closed\x18\x01 \x01(\r\"8\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"%\n\x16\x43reateEndpointResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"j\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x04\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x10\n\x08lag_lsns\x18\x05 \x01(\x04\x12\x0e\n\x06lag_ms\x18\x06 \x01(\x01\"(\n\x11HeartbeatResponse\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"!\n\x0f\x46\x61iloverRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\"Q\n\x10\x46\x61iloverResponse\x12\x12\n\nold_writer\x18\x01 \x01(\t\x12\x12\n\nnew_writer\x18\x02 \x01(\t\x12\x15\n\rswitchover_ms\x18\x03 \x01(\r2\xd1\x03\n\x0c\x43ontrolPlane\x12T\n\tAddReader\x12\".borealis.control.AddReaderRequest\x1a#.borealis.control.AddReaderResponse\x12]\n\x0cRemoveReader\x12%.borealis.control.RemoveReaderRequest\x1a&.borealis.control.RemoveReaderResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.borealis.control.CreateEndpointRequest\x1a(.borealis.control.CreateEndpointResponse\x12T\n\tHeartbeat\x12\".borealis.control.HeartbeatRequest\x1a#.borealis.control.HeartbeatResponse\x12Q\n\x08\x46\x61ilover\x12!.borealis.control.FailoverRequest\x1a\".borealis.control.FailoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEENDPOINTREQUEST']._serialized_end=296
   _globals['_CREATEENDPOINTRESPONSE']._serialized_start=298
   _globals['_CREATEENDPOINTRESPONSE']._serialized_end=335
-  _globals['_CONTROLPLANE']._serialized_start=338
-  _globals['_CONTROLPLANE']._serialized_end=634
+  _globals['_HEARTBEATREQUEST']._serialized_start=337
+  _globals['_HEARTBEATREQUEST']._serialized_end=443
+  _globals['_HEARTBEATRESPONSE']._serialized_start=445
+  _globals['_HEARTBEATRESPONSE']._serialized_end=485
+  _globals['_FAILOVERREQUEST']._serialized_start=487
+  _globals['_FAILOVERREQUEST']._serialized_end=520
+  _globals['_FAILOVERRESPONSE']._serialized_start=522
+  _globals['_FAILOVERRESPONSE']._serialized_end=603
+  _globals['_CONTROLPLANE']._serialized_start=606
+  _globals['_CONTROLPLANE']._serialized_end=1071
 # @@protoc_insertion_point(module_scope)

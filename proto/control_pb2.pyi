@@ -47,3 +47,41 @@ class CreateEndpointResponse(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     url: str
     def __init__(self, url: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("name", "role", "pid", "lsn", "lag_lsns", "lag_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    LAG_LSNS_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    pid: int
+    lsn: int
+    lag_lsns: int
+    lag_ms: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., pid: _Optional[int] = ..., lsn: _Optional[int] = ..., lag_lsns: _Optional[int] = ..., lag_ms: _Optional[float] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("interval_ms",)
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
+
+class FailoverRequest(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class FailoverResponse(_message.Message):
+    __slots__ = ("old_writer", "new_writer", "switchover_ms")
+    OLD_WRITER_FIELD_NUMBER: _ClassVar[int]
+    NEW_WRITER_FIELD_NUMBER: _ClassVar[int]
+    SWITCHOVER_MS_FIELD_NUMBER: _ClassVar[int]
+    old_writer: str
+    new_writer: str
+    switchover_ms: int
+    def __init__(self, old_writer: _Optional[str] = ..., new_writer: _Optional[str] = ..., switchover_ms: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,16 @@ class ControlPlaneStub:
                 request_serializer=proto_dot_control__pb2.CreateEndpointRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.CreateEndpointResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/borealis.control.ControlPlane/Heartbeat',
+                request_serializer=proto_dot_control__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.Failover = channel.unary_unary(
+                '/borealis.control.ControlPlane/Failover',
+                request_serializer=proto_dot_control__pb2.FailoverRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.FailoverResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -76,6 +86,23 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Sent by every instance every `interval_ms` (from the last response): a writer
+        missing them for writer_dead_after_ms is declared dead and a reader promoted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Failover(self, request, context):
+        """A planned switchover: stops the writer cleanly (every acknowledged commit is
+        durable), promotes the target reader (or the best one), and restarts the old
+        writer as a reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +120,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.CreateEndpoint,
                     request_deserializer=proto_dot_control__pb2.CreateEndpointRequest.FromString,
                     response_serializer=proto_dot_control__pb2.CreateEndpointResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=proto_dot_control__pb2.HeartbeatRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Failover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Failover,
+                    request_deserializer=proto_dot_control__pb2.FailoverRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.FailoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +213,60 @@ class ControlPlane:
             '/borealis.control.ControlPlane/CreateEndpoint',
             proto_dot_control__pb2.CreateEndpointRequest.SerializeToString,
             proto_dot_control__pb2.CreateEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/Heartbeat',
+            proto_dot_control__pb2.HeartbeatRequest.SerializeToString,
+            proto_dot_control__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Failover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/Failover',
+            proto_dot_control__pb2.FailoverRequest.SerializeToString,
+            proto_dot_control__pb2.FailoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv.append("--no-writer")
     if args.readers:
         argv += ["--readers", str(args.readers)]
+    for flag in ("heartbeat_interval_ms", "writer_dead_after_ms"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -204,6 +207,18 @@ def cmd_endpoint_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failover(args: argparse.Namespace) -> int:
+    """A planned switchover: the control plane stops the writer cleanly, promotes the
+    target (or the best reader) and restarts the old writer as a reader."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    done = _call(stub.Failover, control_pb2.FailoverRequest(target=args.target or ""))
+    print(
+        f"failover done: {done.new_writer} is the writer, {done.old_writer} a reader "
+        f"({done.switchover_ms} ms without a writer)"
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     return print_status(Path(args.data_dir).resolve(), as_json=args.json)
 
@@ -318,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-writer", action="store_true", help="start only the storage tier")
     up.add_argument("--readers", type=int, default=0, help="reader instances to start")
+    up.add_argument("--heartbeat-interval-ms", type=int, help="instances' heartbeat period")
+    up.add_argument(
+        "--writer-dead-after-ms", type=int, help="silence after which the writer fails over"
+    )
     up.set_defaults(run=cmd_up)
 
     add_reader = commands.add_parser("add-reader", help="start one more reader instance")
@@ -340,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--instances", required=True, help="comma-separated instance names")
     create.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     create.set_defaults(run=cmd_endpoint_create)
+
+    failover = commands.add_parser(
+        "failover", help="planned switchover: promote a reader, the writer becomes a reader"
+    )
+    failover.add_argument("--target", default="", help="the reader to promote (default: best)")
+    failover.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    failover.set_defaults(run=cmd_failover)
 
     down = commands.add_parser("down", help="stop the local cluster")
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

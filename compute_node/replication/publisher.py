@@ -95,6 +95,9 @@ class Publisher:
         self.pgmrpl_sent: Lsn = LSN_NONE
         self._pgmrpl_sent_by_pg: dict[PgIndex, Lsn] = {}
         self._task: asyncio.Task[None] | None = None
+        # Set by close: every stream ends, so the server's stop does not wait out its
+        # grace period for streams that would never end by themselves.
+        self._closed = False
         self.groups_published = 0
         self.resyncs = 0
         volume.add_observer(self)
@@ -179,9 +182,11 @@ class Publisher:
         try:
             yield replication_pb2.ReplicationMessage(hello=hello)
             queue = subscriber.queue
-            while True:
+            while not self._closed:
                 await subscriber.wake.wait()
                 subscriber.wake.clear()
+                if self._closed:
+                    return
                 if queue.overflowed:
                     self.resyncs += 1
                     log.warning("reader fell behind; told to resynchronise", reader=name)
@@ -233,6 +238,7 @@ class Publisher:
                 log.warning("sending PGMRPL failed", error=repr(error))
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
