@@ -60,6 +60,7 @@ bench: install system-deps
 	$(BIN)/python bench/storage_append.py --quick
 	$(BIN)/python bench/engine_commit.py --quick
 	$(BIN)/python bench/pgbench_compare.py --quick
+	$(BIN)/python bench/replica_lag.py --quick
 
 lint: install
 	$(BIN)/ruff check .
