@@ -61,6 +61,7 @@ bench: install system-deps
 	$(BIN)/python bench/engine_commit.py --quick
 	$(BIN)/python bench/pgbench_compare.py --quick
 	$(BIN)/python bench/replica_lag.py --quick
+	$(BIN)/python bench/failover.py --quick
 
 lint: install
 	$(BIN)/ruff check .
