@@ -36,6 +36,9 @@ class RouterConfig:
     # How long an idle session whose instance went away (restart, failover) waits
     # for an instance of its endpoint before it is closed.
     failover_wait_ms: int = 30_000
+    # How long a new connection waits for an instance of its endpoint (a writer
+    # restarting or failing over) before it gets FATAL 57P03.
+    login_wait_ms: int = 10_000
     # Named prepared statements remembered per session, re-prepared when it moves.
     session_statements_max: int = 1000
     session_statement_bytes_max: int = 2**20
@@ -59,5 +62,7 @@ class RouterConfig:
                 raise ValueError(f"{field_name} must be positive")
         if self.failover_wait_ms < 0:
             raise ValueError("failover_wait_ms must not be negative")
+        if self.login_wait_ms < 0:
+            raise ValueError("login_wait_ms must not be negative")
         if self.reader_lag_max_ms < 0 or self.session_statements_max < 0:
             raise ValueError("reader_lag_max_ms and session_statements_max must not be negative")

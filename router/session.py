@@ -249,17 +249,27 @@ class Session:
         return message
 
     async def _open_first_backend(self) -> backend.BackendLink:
-        try:
-            return await self._open_backend(frozenset())
-        except NoInstance:
-            self._fatal("57P03", f"no instance of the {self.endpoint} endpoint is available")
-        except backend.BackendRefused as refused:
-            # The instance's own answer (e.g. 3D000 for an unknown database) is the client's.
-            self.client_writer.write(refused.error_message)
-            raise _Fatal() from None
-        except backend.BackendUnreachable as error:
-            self._fatal("08006", f"could not connect to an instance: {error}")
-        raise AssertionError("unreachable")
+        """The session's first instance. While its endpoint has none (a writer
+        restarting or failing over), the login waits up to login_wait_ms, as a
+        client of a managed database expects a failover to cost a pause, not an
+        error."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.router.config.login_wait_ms / 1000
+        while True:
+            try:
+                return await self._open_backend(frozenset())
+            except backend.BackendRefused as refused:
+                # The instance's own answer (e.g. 3D000, unknown database) is the client's.
+                self.client_writer.write(refused.error_message)
+                raise _Fatal() from None
+            except (NoInstance, backend.BackendUnreachable) as error:
+                if loop.time() >= deadline:
+                    if isinstance(error, NoInstance):
+                        self._fatal(
+                            "57P03", f"no instance of the {self.endpoint} endpoint is available"
+                        )
+                    self._fatal("08006", f"could not connect to an instance: {error}")
+            await asyncio.sleep(_RECONNECT_INTERVAL_S)
 
     async def _open_backend(self, exclude: frozenset[str]) -> backend.BackendLink:
         """A login on the endpoint's best instance; an unreachable one is skipped."""

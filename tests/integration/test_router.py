@@ -611,6 +611,33 @@ def test_idle_sessions_survive_a_writer_restart(routed: Routed) -> None:
         busy.close()
 
 
+def test_a_new_login_waits_for_the_writer_to_come_back(routed: Routed) -> None:
+    """A connection made while the writer is down is held (login_wait_ms) and
+    served once the writer is back, instead of failing."""
+    writer = routed.cluster.writer()
+    writer.stop(immediate=True)
+    connected: list[Any] = []
+
+    def connect() -> None:
+        try:
+            with psycopg.connect(**routed.kwargs(routed.writer_port), autocommit=True) as conn:
+                connected.append(conn.execute("SELECT 40 + 2").fetchone())
+        except psycopg.Error as error:  # recorded for the assertion below
+            connected.append(error)
+
+    waiting = threading.Thread(target=connect)
+    waiting.start()
+    try:
+        # Without the wait the router answers 57P03 at once; a second later the
+        # login must still be held.
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not connected, connected
+        writer.start()
+    finally:
+        waiting.join(timeout=60)
+    assert connected == [(42,)], connected
+
+
 def _pgbench(routed: Routed, port: int, *arguments: str) -> str:
     binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
     environment = {
