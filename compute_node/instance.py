@@ -33,6 +33,8 @@ import json
 import signal
 from collections.abc import Callable
 
+from grpc import aio
+
 from borealis import rpc
 from borealis.admin import AdminService
 from borealis.errors import AlreadyExists, InvalidRequest
@@ -128,22 +130,13 @@ class Instance:
         log.info("volume open", volume=self.config.volume_id, vdl=volume.vdl, pgs=volume.pg_count)
         postgres = await self._serve_postgres(engine)
 
-        server = rpc.server(16 * 2**20)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
-        replication_pb2_grpc.add_ReplicationServicer_to_server(
-            ReplicationService(publisher), server
-        )
         config = self.config
-        serving = await Serving.start(
-            server,
+        serving = await self._serve_grpc(
             [*SERVICE_NAMES, REPLICATION_SERVICE],
-            config.host,
-            config.port,
-            config.data_dir,
-            self.metrics,
-            config.metrics_port,
+            lambda server: replication_pb2_grpc.add_ReplicationServicer_to_server(
+                ReplicationService(publisher), server
+            ),
         )
-        log.info("instance serving", name=config.name, role=config.role, port=serving.port)
         heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
         await until_stopped()
 
@@ -187,18 +180,7 @@ class Instance:
             subscription.set_read_point_oldest(state.read_point_oldest)
             log.info("reader has a read point", name=config.name, lsn=replica.lsn_applied)
             postgres = await self._serve_postgres(engine)
-            server = rpc.server(16 * 2**20)
-            admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
-            serving = await Serving.start(
-                server,
-                SERVICE_NAMES,
-                config.host,
-                config.port,
-                config.data_dir,
-                self.metrics,
-                config.metrics_port,
-            )
-            log.info("instance serving", name=config.name, role=config.role, port=serving.port)
+            serving = await self._serve_grpc(SERVICE_NAMES)
             heartbeats = self._heartbeats(
                 lambda: Status(
                     lsn=replica.lsn_applied,
@@ -244,6 +226,27 @@ class Instance:
         config = self.config
         sender = Heartbeats(config.name, config.role, config.cluster_file, status)
         return asyncio.ensure_future(sender.run())
+
+    async def _serve_grpc(
+        self, services: list[str], add: Callable[[aio.Server], None] | None = None
+    ) -> Serving:
+        """Health, the Admin API, /metrics, and the role's own services (`add`)."""
+        config = self.config
+        server = rpc.server(16 * 2**20)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
+        if add is not None:
+            add(server)
+        serving = await Serving.start(
+            server,
+            services,
+            config.host,
+            config.port,
+            config.data_dir,
+            self.metrics,
+            config.metrics_port,
+        )
+        log.info("instance serving", name=config.name, role=config.role, port=serving.port)
+        return serving
 
     async def _serve_postgres(self, engine: Engine) -> PgServer:
         config = self.config

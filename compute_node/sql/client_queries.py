@@ -28,6 +28,7 @@ preferred.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,10 @@ class _Mapping:
     sqlite_sql: str
     """SQLite text: ?n for the client's $n, :Ln for the literals (module docstring)."""
     columns: tuple[tuple[str, str], ...]
+
+
+# Statement texts whose lookup (a match or None) is remembered.
+LOOKUP_CACHE_ENTRIES = 512
 
 
 def _normalise(sql: str) -> tuple[str, tuple[Any, ...], int]:
@@ -376,8 +381,11 @@ def _known(pg_sql: str, mapping: _Mapping) -> tuple[str, _Known]:
     return _shape_without_numbers(shape), _Known(mapping, _slots(shape))
 
 
+@functools.lru_cache(maxsize=LOOKUP_CACHE_ENTRIES)
 def lookup(sql: str) -> ClientQuery | None:
-    """The SQLite form of a known client query, or None."""
+    """The SQLite form of a known client query, or None. Cached by text: the
+    session asks for every statement that names a pg_ object, and clients repeat
+    their catalog queries."""
     shape, literals, placeholder_max = _normalise(sql)
     known = _BY_SHAPE.get(_shape_without_numbers(shape))
     if known is None:
@@ -396,13 +404,6 @@ def lookup(sql: str) -> ClientQuery | None:
 
     sqlite_sql = _REFERENCE.sub(reference, known.mapping.sqlite_sql)
     return ClientQuery(sqlite_sql, kept, known.mapping.columns, placeholder_max)
-
-
-def match(sql: str) -> tuple[str, tuple[Any, ...], tuple[tuple[str, str], ...]] | None:
-    """(SQLite text, literals, ((column, PostgreSQL type name), ...)) of a known client
-    query, or None: `lookup` without the parameter count."""
-    found = lookup(sql)
-    return None if found is None else (found.sqlite_sql, found.literals, found.columns)
 
 
 # A parenthesised list of placeholders, each with an optional cast: `($6, $7)`,

@@ -16,6 +16,7 @@ it runs (asyncpg, psycopg's prepare) is encoded with the described types.
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -218,23 +219,23 @@ class SqlSession:
                 f"cannot execute {translated.command} in a read-only transaction", "25006"
             )
         result = await self._run(translated, parameters)
-        if translated.command.split()[0] in ("CREATE", "ALTER", "DROP"):
+        if translated.command.startswith(("CREATE", "ALTER", "DROP")):
             await self._schema_changed()
         return self._outcome(translated, result)
 
     async def copy_rows(self, rows: list[list[str | None]]) -> None:
         copy = self._copy
         assert copy is not None, "copy_rows outside a COPY"
+        for row in rows:
+            if len(row) != len(copy.oids):
+                raise SqlError(f"row has {len(row)} columns, expected {len(copy.oids)}", "22P04")
         values = [
             [
                 pg_types.decode_parameter(oid, 0, None if value is None else value.encode())
-                for oid, value in zip(copy.oids, row, strict=False)
+                for oid, value in zip(copy.oids, row, strict=True)
             ]
             for row in rows
         ]
-        for row in values:
-            if len(row) != len(copy.oids):
-                raise SqlError(f"row has {len(row)} columns, expected {len(copy.oids)}", "22P04")
         try:
             await self._session.executemany(copy.insert, values)
         except StatementError as error:
@@ -322,8 +323,6 @@ class SqlSession:
 
     def _outcome(self, translated: tr.Translated, result: Result) -> Outcome:
         command = translated.command
-        if not self._session.in_transaction:
-            self._transaction = _Transaction()
         if command == "INSERT":
             tag = f"INSERT 0 {result.rowcount}"
         elif command in TAGS_WITH_COUNT:
@@ -377,7 +376,8 @@ class SqlSession:
             raise SqlError("cannot set transaction read-write mode during recovery", "25006")
         if action.local:
             if self._session.in_transaction:
-                self._transaction.local_settings[name] = self.settings.get(name, "")
+                # The value before the transaction's first SET LOCAL comes back at its end.
+                self._transaction.local_settings.setdefault(name, self.settings.get(name, ""))
                 self.settings[name] = value
         else:
             self.settings[name] = value
@@ -497,9 +497,9 @@ def _padded(result: Result) -> Sequence[tuple[Any, ...]]:
     """Rows with char(n) columns blank-padded to n, as PostgreSQL returns them
     (SQLite keeps the text as inserted)."""
     widths = [
-        (index, int(match[1]))
+        (index, width)
         for index, declared in enumerate(result.decltypes)
-        if declared and (match := _CHARACTER.fullmatch(declared))
+        if (width := _character_width(declared)) is not None
     ]
     if not widths:
         return result.rows
@@ -512,6 +512,13 @@ def _padded(result: Result) -> Sequence[tuple[Any, ...]]:
                 values[index] = value.ljust(width)
         rows.append(tuple(values))
     return rows
+
+
+@functools.lru_cache(maxsize=1024)
+def _character_width(declared: str | None) -> int | None:
+    """n of a declared char(n) (cached: asked for every column of every result)."""
+    match = _CHARACTER.fullmatch(declared) if declared else None
+    return int(match[1]) if match else None
 
 
 def _copy_spec(action: utility.CopyAction, column_count: int) -> CopySpec:

@@ -240,9 +240,9 @@ def fixture_statements(name: str) -> list[str]:
 def test_pgbench_partition_query_maps_and_runs(connection: apsw.Connection) -> None:
     connection.execute("CREATE TABLE pgbench_accounts (aid INT NOT NULL, bid INT)")
     (query,) = [s for s in fixture_statements("pgbench_run_prepared") if "lateral" in s]
-    found = client_queries.match(query)
+    found = client_queries.lookup(query)
     assert found is not None
-    sqlite_sql, literals, columns = found
+    sqlite_sql, literals, columns = found.sqlite_sql, found.literals, found.columns
     assert literals == ("pgbench_accounts",)
     assert [name for name, _ in columns] == ["n", "partstrat", "count"]
     assert rows(connection, sqlite_sql, literals) == [(1, None, 0)]
@@ -253,11 +253,11 @@ def test_psql_describe_queries_map_and_run(connection: apsw.Connection) -> None:
     statements = fixture_statements("psql_d_table") + fixture_statements("psql_du")
     matched = 0
     for statement in statements:
-        found = client_queries.match(statement.replace("'16393'", f"'{oid}'"))
+        found = client_queries.lookup(statement.replace("'16393'", f"'{oid}'"))
         if found is None:
             continue
         matched += 1
-        sqlite_sql, literals, columns = found
+        sqlite_sql, literals, columns = found.sqlite_sql, found.literals, found.columns
         cursor = connection.execute(sqlite_sql, literals)
         result = [tuple(each) for each in cursor]
         assert all(len(row) == len(columns) for row in result)
@@ -270,9 +270,9 @@ def test_psql_describe_queries_map_and_run(connection: apsw.Connection) -> None:
 
 def test_sqlalchemy_index_query_maps_and_runs(connection: apsw.Connection) -> None:
     (query,) = [s for s in fixture_statements("sqlalchemy_get_indexes") if "idx_cols" in s]
-    found = client_queries.match(query)
+    found = client_queries.lookup(query)
     assert found is not None
-    sqlite_sql, literals, columns = found
+    sqlite_sql, literals, columns = found.sqlite_sql, found.literals, found.columns
     oid = rows(connection, "SELECT regclass('t')")[0][0]
     client_parameters = (0, 1, 1, 0, 1, oid, "p", "u", "x")
     result = rows(connection, sqlite_sql, client_parameters + literals)
@@ -286,7 +286,7 @@ def test_sqlalchemy_index_query_maps_and_runs(connection: apsw.Connection) -> No
 
 
 def test_unknown_queries_do_not_match() -> None:
-    assert client_queries.match("SELECT 1") is None
+    assert client_queries.lookup("SELECT 1") is None
 
 
 def test_every_function_translation_emits_is_registered() -> None:
