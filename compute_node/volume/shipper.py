@@ -739,6 +739,13 @@ class Shipper:
             self._release()
         if segment.scl < state.retained_floor:
             self._left_behind(state, segment)
+            if segment.in_flight == 0 and segment.sent_up_to >= state.lsn_batched:
+                # Gossip fills it from its peers, and the shipper learns that only
+                # from an answer: with nothing new to send, resend what is retained
+                # after a while (the timer of _ready) until its SCL shows the hole
+                # filled. Without that, a quorum waiting on it would wait forever.
+                segment.sent_up_to = state.retained_floor
+                segment.retry_at_s = time.monotonic() + self.config.retry_delay_max_ms / 1000
         else:
             segment.left_behind = False
             if segment.in_flight == 0 and segment.scl < segment.sent_up_to:
