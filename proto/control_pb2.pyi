@@ -85,3 +85,23 @@ class FailoverResponse(_message.Message):
     new_writer: str
     switchover_ms: int
     def __init__(self, old_writer: _Optional[str] = ..., new_writer: _Optional[str] = ..., switchover_ms: _Optional[int] = ...) -> None: ...
+
+class ReplaceStorageNodeRequest(_message.Message):
+    __slots__ = ("name", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ReplaceStorageNodeResponse(_message.Message):
+    __slots__ = ("old_node", "new_node", "pgs", "duration_ms")
+    OLD_NODE_FIELD_NUMBER: _ClassVar[int]
+    NEW_NODE_FIELD_NUMBER: _ClassVar[int]
+    PGS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    old_node: str
+    new_node: str
+    pgs: _containers.RepeatedScalarFieldContainer[int]
+    duration_ms: int
+    def __init__(self, old_node: _Optional[str] = ..., new_node: _Optional[str] = ..., pgs: _Optional[_Iterable[int]] = ..., duration_ms: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class ControlPlaneStub:
                 request_serializer=proto_dot_control__pb2.FailoverRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.FailoverResponse.FromString,
                 _registered_method=True)
+        self.ReplaceStorageNode = channel.unary_unary(
+                '/borealis.control.ControlPlane/ReplaceStorageNode',
+                request_serializer=proto_dot_control__pb2.ReplaceStorageNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.ReplaceStorageNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -103,6 +108,15 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceStorageNode(self, request, context):
+        """Replaces a storage node (down or not) by a new one in the same AZ: the writer
+        moves every PG with a segment on it to the new node (transitional quorum while
+        the new segments hydrate), then the old node is stopped and forgotten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +144,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Failover,
                     request_deserializer=proto_dot_control__pb2.FailoverRequest.FromString,
                     response_serializer=proto_dot_control__pb2.FailoverResponse.SerializeToString,
+            ),
+            'ReplaceStorageNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceStorageNode,
+                    request_deserializer=proto_dot_control__pb2.ReplaceStorageNodeRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.ReplaceStorageNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +286,33 @@ class ControlPlane:
             '/borealis.control.ControlPlane/Failover',
             proto_dot_control__pb2.FailoverRequest.SerializeToString,
             proto_dot_control__pb2.FailoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceStorageNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/ReplaceStorageNode',
+            proto_dot_control__pb2.ReplaceStorageNodeRequest.SerializeToString,
+            proto_dot_control__pb2.ReplaceStorageNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/replication.proto\x12\x14\x62orealis.replication\"\'\n\x10SubscribeRequest\x12\x13\n\x0breader_name\x18\x01 \x01(\t\"O\n\x06PgInfo\x12\n\n\x02pg\x18\x01 \x01(\r\x12\x18\n\x10membership_epoch\x18\x02 \x01(\x04\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\x10\n\x08lsn_last\x18\x04 \x01(\x04\"\xbc\x01\n\x05Hello\x12\x15\n\rsubscriber_id\x18\x01 \x01(\x04\x12\x11\n\tvolume_id\x18\x02 \x01(\x04\x12\x14\n\x0cvolume_epoch\x18\x03 \x01(\x04\x12\x14\n\x0cpages_per_pg\x18\x04 \x01(\r\x12\x11\n\tlsn_start\x18\x05 \x01(\x04\x12\x12\n\npage_count\x18\x06 \x01(\x04\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\x12)\n\x03pgs\x18\x08 \x03(\x0b\x32\x1c.borealis.replication.PgInfo\"C\n\x0b\x43ommitGroup\x12\x0b\n\x03\x63pl\x18\x01 \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\x02 \x01(\x04\x12\x0f\n\x07records\x18\x03 \x03(\x0c\"\x84\x01\n\x05\x45vent\x12\x32\n\x05group\x18\x01 \x01(\x0b\x32!.borealis.replication.CommitGroupH\x00\x12\r\n\x03vdl\x18\x02 \x01(\x04H\x00\x12\x30\n\x08pg_added\x18\x03 \x01(\x0b\x32\x1c.borealis.replication.PgInfoH\x00\x42\x06\n\x04kind\"\x84\x01\n\x12ReplicationMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.borealis.replication.Hello\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.borealis.replication.Event\x12\x15\n\rresync_reason\x18\x03 \x01(\t\"<\n\x0fReadPointReport\x12\x15\n\rsubscriber_id\x18\x01 \x01(\x04\x12\x12\n\nread_point\x18\x02 \x01(\x04\"-\n\x0cReadPointAck\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x0e\n\x06pgmrpl\x18\x02 \x01(\x04\x32\xcc\x01\n\x0bReplication\x12_\n\tSubscribe\x12&.borealis.replication.SubscribeRequest\x1a(.borealis.replication.ReplicationMessage0\x01\x12\\\n\x0fReportReadPoint\x12%.borealis.replication.ReadPointReport\x1a\".borealis.replication.ReadPointAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/replication.proto\x12\x14\x62orealis.replication\"\'\n\x10SubscribeRequest\x12\x13\n\x0breader_name\x18\x01 \x01(\t\"o\n\x06PgInfo\x12\n\n\x02pg\x18\x01 \x01(\r\x12\x18\n\x10membership_epoch\x18\x02 \x01(\x04\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\x10\n\x08lsn_last\x18\x04 \x01(\x04\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x0b\n\x03\x61zs\x18\x06 \x03(\t\"\xbc\x01\n\x05Hello\x12\x15\n\rsubscriber_id\x18\x01 \x01(\x04\x12\x11\n\tvolume_id\x18\x02 \x01(\x04\x12\x14\n\x0cvolume_epoch\x18\x03 \x01(\x04\x12\x14\n\x0cpages_per_pg\x18\x04 \x01(\r\x12\x11\n\tlsn_start\x18\x05 \x01(\x04\x12\x12\n\npage_count\x18\x06 \x01(\x04\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\x12)\n\x03pgs\x18\x08 \x03(\x0b\x32\x1c.borealis.replication.PgInfo\"C\n\x0b\x43ommitGroup\x12\x0b\n\x03\x63pl\x18\x01 \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\x02 \x01(\x04\x12\x0f\n\x07records\x18\x03 \x03(\x0c\"\xb8\x01\n\x05\x45vent\x12\x32\n\x05group\x18\x01 \x01(\x0b\x32!.borealis.replication.CommitGroupH\x00\x12\r\n\x03vdl\x18\x02 \x01(\x04H\x00\x12\x30\n\x08pg_added\x18\x03 \x01(\x0b\x32\x1c.borealis.replication.PgInfoH\x00\x12\x32\n\npg_members\x18\x04 \x01(\x0b\x32\x1c.borealis.replication.PgInfoH\x00\x42\x06\n\x04kind\"\x84\x01\n\x12ReplicationMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.borealis.replication.Hello\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.borealis.replication.Event\x12\x15\n\rresync_reason\x18\x03 \x01(\t\"<\n\x0fReadPointReport\x12\x15\n\rsubscriber_id\x18\x01 \x01(\x04\x12\x12\n\nread_point\x18\x02 \x01(\x04\"-\n\x0cReadPointAck\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x0e\n\x06pgmrpl\x18\x02 \x01(\x04\x32\xcc\x01\n\x0bReplication\x12_\n\tSubscribe\x12&.borealis.replication.SubscribeRequest\x1a(.borealis.replication.ReplicationMessage0\x01\x12\\\n\x0fReportReadPoint\x12%.borealis.replication.ReadPointReport\x1a\".borealis.replication.ReadPointAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST']._serialized_start=49
   _globals['_SUBSCRIBEREQUEST']._serialized_end=88
   _globals['_PGINFO']._serialized_start=90
-  _globals['_PGINFO']._serialized_end=169
-  _globals['_HELLO']._serialized_start=172
-  _globals['_HELLO']._serialized_end=360
-  _globals['_COMMITGROUP']._serialized_start=362
-  _globals['_COMMITGROUP']._serialized_end=429
-  _globals['_EVENT']._serialized_start=432
-  _globals['_EVENT']._serialized_end=564
-  _globals['_REPLICATIONMESSAGE']._serialized_start=567
-  _globals['_REPLICATIONMESSAGE']._serialized_end=699
-  _globals['_READPOINTREPORT']._serialized_start=701
-  _globals['_READPOINTREPORT']._serialized_end=761
-  _globals['_READPOINTACK']._serialized_start=763
-  _globals['_READPOINTACK']._serialized_end=808
-  _globals['_REPLICATION']._serialized_start=811
-  _globals['_REPLICATION']._serialized_end=1015
+  _globals['_PGINFO']._serialized_end=201
+  _globals['_HELLO']._serialized_start=204
+  _globals['_HELLO']._serialized_end=392
+  _globals['_COMMITGROUP']._serialized_start=394
+  _globals['_COMMITGROUP']._serialized_end=461
+  _globals['_EVENT']._serialized_start=464
+  _globals['_EVENT']._serialized_end=648
+  _globals['_REPLICATIONMESSAGE']._serialized_start=651
+  _globals['_REPLICATIONMESSAGE']._serialized_end=783
+  _globals['_READPOINTREPORT']._serialized_start=785
+  _globals['_READPOINTREPORT']._serialized_end=845
+  _globals['_READPOINTACK']._serialized_start=847
+  _globals['_READPOINTACK']._serialized_end=892
+  _globals['_REPLICATION']._serialized_start=895
+  _globals['_REPLICATION']._serialized_end=1099
 # @@protoc_insertion_point(module_scope)

@@ -13,16 +13,20 @@ class SubscribeRequest(_message.Message):
     def __init__(self, reader_name: _Optional[str] = ...) -> None: ...
 
 class PgInfo(_message.Message):
-    __slots__ = ("pg", "membership_epoch", "nodes", "lsn_last")
+    __slots__ = ("pg", "membership_epoch", "nodes", "lsn_last", "addresses", "azs")
     PG_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LSN_LAST_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    AZS_FIELD_NUMBER: _ClassVar[int]
     pg: int
     membership_epoch: int
     nodes: _containers.RepeatedScalarFieldContainer[str]
     lsn_last: int
-    def __init__(self, pg: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., lsn_last: _Optional[int] = ...) -> None: ...
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    azs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pg: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., lsn_last: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., azs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("subscriber_id", "volume_id", "volume_epoch", "pages_per_pg", "lsn_start", "page_count", "vdl", "pgs")
@@ -55,14 +59,16 @@ class CommitGroup(_message.Message):
     def __init__(self, cpl: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("group", "vdl", "pg_added")
+    __slots__ = ("group", "vdl", "pg_added", "pg_members")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     VDL_FIELD_NUMBER: _ClassVar[int]
     PG_ADDED_FIELD_NUMBER: _ClassVar[int]
+    PG_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     group: CommitGroup
     vdl: int
     pg_added: PgInfo
-    def __init__(self, group: _Optional[_Union[CommitGroup, _Mapping]] = ..., vdl: _Optional[int] = ..., pg_added: _Optional[_Union[PgInfo, _Mapping]] = ...) -> None: ...
+    pg_members: PgInfo
+    def __init__(self, group: _Optional[_Union[CommitGroup, _Mapping]] = ..., vdl: _Optional[int] = ..., pg_added: _Optional[_Union[PgInfo, _Mapping]] = ..., pg_members: _Optional[_Union[PgInfo, _Mapping]] = ...) -> None: ...
 
 class ReplicationMessage(_message.Message):
     __slots__ = ("hello", "events", "resync_reason")

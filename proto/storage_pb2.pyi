@@ -103,7 +103,7 @@ class Member(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., az: _Optional[str] = ...) -> None: ...
 
 class SegmentState(_message.Message):
-    __slots__ = ("volume_id", "pg", "scl", "highest_lsn", "volume_epoch", "membership_epoch", "pgmrpl", "first_page", "page_count", "records", "record_bytes", "truncated_above_lsn", "truncated_up_to_lsn", "members")
+    __slots__ = ("volume_id", "pg", "scl", "highest_lsn", "volume_epoch", "membership_epoch", "pgmrpl", "first_page", "page_count", "records", "record_bytes", "truncated_above_lsn", "truncated_up_to_lsn", "members", "members_old", "hydrating")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     PG_FIELD_NUMBER: _ClassVar[int]
     SCL_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,8 @@ class SegmentState(_message.Message):
     TRUNCATED_ABOVE_LSN_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_UP_TO_LSN_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_OLD_FIELD_NUMBER: _ClassVar[int]
+    HYDRATING_FIELD_NUMBER: _ClassVar[int]
     volume_id: int
     pg: int
     scl: int
@@ -132,19 +134,25 @@ class SegmentState(_message.Message):
     truncated_above_lsn: int
     truncated_up_to_lsn: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(self, volume_id: _Optional[int] = ..., pg: _Optional[int] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., pgmrpl: _Optional[int] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., records: _Optional[int] = ..., record_bytes: _Optional[int] = ..., truncated_above_lsn: _Optional[int] = ..., truncated_up_to_lsn: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+    members_old: _containers.RepeatedCompositeFieldContainer[Member]
+    hydrating: bool
+    def __init__(self, volume_id: _Optional[int] = ..., pg: _Optional[int] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., pgmrpl: _Optional[int] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., records: _Optional[int] = ..., record_bytes: _Optional[int] = ..., truncated_above_lsn: _Optional[int] = ..., truncated_up_to_lsn: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., members_old: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., hydrating: _Optional[bool] = ...) -> None: ...
 
 class SetMembershipRequest(_message.Message):
-    __slots__ = ("segment", "first_page", "page_count", "members")
+    __slots__ = ("segment", "first_page", "page_count", "members", "members_old", "hydrate")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     FIRST_PAGE_FIELD_NUMBER: _ClassVar[int]
     PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_OLD_FIELD_NUMBER: _ClassVar[int]
+    HYDRATE_FIELD_NUMBER: _ClassVar[int]
     segment: SegmentRef
     first_page: int
     page_count: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
-    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+    members_old: _containers.RepeatedCompositeFieldContainer[Member]
+    hydrate: bool
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., first_page: _Optional[int] = ..., page_count: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., members_old: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., hydrate: _Optional[bool] = ...) -> None: ...
 
 class SetEpochRequest(_message.Message):
     __slots__ = ("segment", "truncate", "truncate_above_lsn", "truncate_up_to_lsn")
@@ -165,3 +173,35 @@ class SetPgmrplRequest(_message.Message):
     segment: SegmentRef
     pgmrpl: int
     def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., pgmrpl: _Optional[int] = ...) -> None: ...
+
+class ReadPageImagesRequest(_message.Message):
+    __slots__ = ("segment", "lsn", "start_page", "bytes_max")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    START_PAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
+    segment: SegmentRef
+    lsn: int
+    start_page: int
+    bytes_max: int
+    def __init__(self, segment: _Optional[_Union[SegmentRef, _Mapping]] = ..., lsn: _Optional[int] = ..., start_page: _Optional[int] = ..., bytes_max: _Optional[int] = ...) -> None: ...
+
+class PageImage(_message.Message):
+    __slots__ = ("page", "page_lsn", "image")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_LSN_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    page: int
+    page_lsn: int
+    image: bytes
+    def __init__(self, page: _Optional[int] = ..., page_lsn: _Optional[int] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class ReadPageImagesResponse(_message.Message):
+    __slots__ = ("images", "more", "next_page")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[PageImage]
+    more: bool
+    next_page: int
+    def __init__(self, images: _Optional[_Iterable[_Union[PageImage, _Mapping]]] = ..., more: _Optional[bool] = ..., next_page: _Optional[int] = ...) -> None: ...

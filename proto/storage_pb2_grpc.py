@@ -74,6 +74,11 @@ class StorageStub:
                 request_serializer=proto_dot_storage__pb2.SetPgmrplRequest.SerializeToString,
                 response_deserializer=proto_dot_storage__pb2.SegmentState.FromString,
                 _registered_method=True)
+        self.ReadPageImages = channel.unary_unary(
+                '/borealis.storage.Storage/ReadPageImages',
+                request_serializer=proto_dot_storage__pb2.ReadPageImagesRequest.SerializeToString,
+                response_deserializer=proto_dot_storage__pb2.ReadPageImagesResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -142,6 +147,15 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadPageImages(self, request, context):
+        """Full images of the segment's pages as of `lsn` (at or above the PGMRPL, at or
+        below the SCL), page ascending from `start_page`: what a new segment hydrates
+        from before gossip copies the records above `lsn`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +198,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.SetPgmrpl,
                     request_deserializer=proto_dot_storage__pb2.SetPgmrplRequest.FromString,
                     response_serializer=proto_dot_storage__pb2.SegmentState.SerializeToString,
+            ),
+            'ReadPageImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadPageImages,
+                    request_deserializer=proto_dot_storage__pb2.ReadPageImagesRequest.FromString,
+                    response_serializer=proto_dot_storage__pb2.ReadPageImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +421,33 @@ class Storage:
             '/borealis.storage.Storage/SetPgmrpl',
             proto_dot_storage__pb2.SetPgmrplRequest.SerializeToString,
             proto_dot_storage__pb2.SegmentState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadPageImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.storage.Storage/ReadPageImages',
+            proto_dot_storage__pb2.ReadPageImagesRequest.SerializeToString,
+            proto_dot_storage__pb2.ReadPageImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
