@@ -58,6 +58,11 @@ class Unavailable(BorealisError):
     """Transient: a peer is down, or a segment is not yet complete to the asked LSN."""
 
 
+class DeadlineExceeded(Unavailable):
+    """A long operation (a storage node replacement waiting for hydration) did not
+    finish in the time asked; it goes on, and asking again continues it."""
+
+
 class VersionGone(BorealisError):
     """A page version below the PGMRPL was asked for; it may be garbage-collected."""
 
@@ -129,6 +134,7 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (StaleEpoch, grpc.StatusCode.FAILED_PRECONDITION, "72000"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "42704"),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "42710"),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, "57014"),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "08006"),
     (SnapshotTooOld, grpc.StatusCode.OUT_OF_RANGE, "72000"),
     (VersionGone, grpc.StatusCode.OUT_OF_RANGE, "72000"),

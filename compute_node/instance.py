@@ -53,8 +53,10 @@ from compute_node.replication.replica import ReplicaVolume
 from compute_node.replication.subscriber import Subscription, writer_address_from
 from compute_node.sql.session import InstanceSql, SqlSession
 from compute_node.volume.config import VolumeConfig
+from compute_node.volume.membership import SERVICE_NAME as MEMBERSHIP_SERVICE
+from compute_node.volume.membership import MembershipService
 from compute_node.volume.volume import Volume
-from proto import admin_pb2_grpc, replication_pb2_grpc
+from proto import admin_pb2_grpc, membership_pb2_grpc, replication_pb2_grpc
 from storage_node.segment import Member
 
 log = get_logger("compute_node")
@@ -126,16 +128,22 @@ class Instance:
             volume, volume.wait_durable, readers=self.config.reader_connections
         )
         publisher.set_read_point_oldest(engine.vfs.state.read_point_oldest)
+        engine.vfs.state.start_durable_reads(volume.vdl)
+        volume.add_vdl_listener(engine.vfs.state.note_vdl)
         publisher.start()
         log.info("volume open", volume=self.config.volume_id, vdl=volume.vdl, pgs=volume.pg_count)
         postgres = await self._serve_postgres(engine)
 
         config = self.config
-        serving = await self._serve_grpc(
-            [*SERVICE_NAMES, REPLICATION_SERVICE],
-            lambda server: replication_pb2_grpc.add_ReplicationServicer_to_server(
+
+        def add_services(server: aio.Server) -> None:
+            replication_pb2_grpc.add_ReplicationServicer_to_server(
                 ReplicationService(publisher), server
-            ),
+            )
+            membership_pb2_grpc.add_MembershipServicer_to_server(MembershipService(volume), server)
+
+        serving = await self._serve_grpc(
+            [*SERVICE_NAMES, REPLICATION_SERVICE, MEMBERSHIP_SERVICE], add_services
         )
         heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
         await until_stopped()

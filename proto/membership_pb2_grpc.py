@@ -49,9 +49,9 @@ class MembershipServicer:
         membership epoch +1 with the transitional quorum (4/6 of the old set AND 4/6
         of the new set) while the new segments hydrate from their peers, then epoch
         +1 again on the new set alone. I/O goes on throughout. Idempotent: calling it
-        again after a timeout continues where it stopped. FAILED_PRECONDITION on a
-        reader; DEADLINE_EXCEEDED when hydration did not finish within timeout_ms
-        (the change stays in progress and continues).
+        again after a timeout continues where it stopped. Served by the writer only
+        (UNIMPLEMENTED on a reader); DEADLINE_EXCEEDED when hydration did not finish
+        within timeout_ms (the change stays in progress and continues).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

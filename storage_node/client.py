@@ -111,6 +111,30 @@ class StorageClient:
         )
         return list(response.records), response.more, Lsn(response.scl)
 
+    async def read_page_images(
+        self,
+        segment_id: SegmentId,
+        epochs: Epochs,
+        lsn: int,
+        start_page: int = 0,
+        bytes_max: int = 4 * 2**20,
+        timeout_s: float | None = None,
+    ) -> tuple[list[tuple[int, Lsn, bytes]], bool, int]:
+        """([(page, page_lsn, image)], more, next_page): full images as of `lsn` of the
+        pages from `start_page` on that have a version at or below it."""
+        request = storage_pb2.ReadPageImagesRequest(
+            segment=segment_ref(segment_id, epochs),
+            lsn=lsn,
+            start_page=start_page,
+            bytes_max=bytes_max,
+        )
+        response = await rpc.call(
+            self._stub.ReadPageImages(request, timeout=self._timeout(timeout_s)),
+            node=self.address,
+        )
+        images = [(image.page, Lsn(image.page_lsn), image.image) for image in response.images]
+        return images, response.more, response.next_page
+
     async def state(self, segment_id: SegmentId, timeout_s: float | None = None) -> SegmentMeta:
         request = storage_pb2.GetSegmentStateRequest(segment=segment_ref(segment_id, Epochs(0, 0)))  # type: ignore[arg-type]
         response = await rpc.call(
@@ -135,12 +159,22 @@ class StorageClient:
         page_count: int,
         members: list[Member],
         timeout_s: float | None = None,
+        members_old: list[Member] | None = None,
+        hydrate: bool = False,
     ) -> SegmentMeta:
+        """Creates the segment or installs a member set at a new membership epoch.
+
+        `members_old` is the set being replaced during a membership change (empty when
+        it settles); `hydrate` makes a segment created by this call copy its pages
+        and records from its peers instead of starting empty.
+        """
         request = storage_pb2.SetMembershipRequest(
             segment=segment_ref(segment_id, epochs),
             first_page=first_page,
             page_count=page_count,
             members=members_to_proto(members),
+            members_old=members_to_proto(members_old or []),
+            hydrate=hydrate,
         )
         response = await rpc.call(
             self._stub.SetMembership(request, timeout=self._timeout(timeout_s)), node=self.address

@@ -50,6 +50,8 @@ def state_to_proto(segment: Segment) -> storage_pb2.SegmentState:
         truncated_above_lsn=meta.truncated_above_lsn,
         truncated_up_to_lsn=meta.truncated_up_to_lsn,
         members=members_to_proto(meta.members),
+        members_old=members_to_proto(meta.members_old),
+        hydrating=meta.hydrating,
     )
 
 
@@ -62,6 +64,8 @@ def state_of(message: storage_pb2.SegmentState) -> SegmentMeta:
         volume_epoch=message.volume_epoch,
         membership_epoch=message.membership_epoch,
         members=members_of(list(message.members)),
+        members_old=members_of(list(message.members_old)),
+        hydrating=message.hydrating,
         scl=message.scl,
         highest_lsn=message.highest_lsn,
         pgmrpl=message.pgmrpl,

@@ -6,7 +6,8 @@ base; everything older goes, index entry and log record. If that newest version
 is a delta, it is first materialised so the base is a full image.
 
 Peers that fall further behind than the horizon cannot be filled from this log by
-gossip; they will need page images (replacement and hydration, a later step).
+gossip; a new segment that replaces one copies page images at the PGMRPL instead
+(storage_node/hydration.py).
 """
 
 from __future__ import annotations

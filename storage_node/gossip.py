@@ -10,17 +10,14 @@ through the same checks and writer path as AppendRedo.
 
 from __future__ import annotations
 
-import asyncio
-
 from borealis.errors import BorealisError, StaleEpoch
 from borealis.ids import SegmentId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
 from borealis.redo import HEADER
-from storage_node.client import StorageClient
 from storage_node.config import StorageNodeConfig
 from storage_node.peers import PEER_ERRORS, Peers
-from storage_node.segment import Segment, SegmentMeta
+from storage_node.segment import Segment
 from storage_node.service import StorageService
 from storage_node.store import SegmentStore
 
@@ -59,27 +56,19 @@ class Gossip:
     async def _run(self, eager: bool) -> str:
         filled = 0
         for segment in list(self._store.segments.values()):
-            filled += await self._fill(segment, eager)
+            # A hydrating segment has no chain to extend yet (storage_node/hydration.py).
+            if not segment.meta.hydrating:
+                filled += await self._fill(segment, eager)
         return f"filled={filled}" if filled else ""
 
-    async def _peer_states(self, segment: Segment) -> list[tuple[StorageClient, SegmentMeta]]:
-        peers = self._peers.of(segment)
-        results = await asyncio.gather(
-            *(client.state(segment.id) for _member, client in peers), return_exceptions=True
-        )
-        states = []
-        for (_member, client), result in zip(peers, results, strict=True):
-            if isinstance(result, PEER_ERRORS):
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            states.append((client, result))
-        return states
+    async def fill_now(self, segment: Segment) -> int:
+        """Fills the segment with everything its peers hold now (after a hydration)."""
+        return await self._fill(segment, eager=True)
 
     async def _fill(self, segment: Segment, eager: bool) -> int:
         epochs = segment.epochs()
         candidates = []
-        for client, state in await self._peer_states(segment):
+        for client, state in await self._peers.states(segment):
             if (state.volume_epoch, state.membership_epoch) != (epochs.volume, epochs.membership):
                 continue
             # Records a peer held a whole pass ago and this segment still lacks were

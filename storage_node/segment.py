@@ -30,6 +30,11 @@ class SegmentMeta:
     volume_epoch: int
     membership_epoch: int
     members: list[Member] = field(default_factory=list)
+    # During a membership change, the member set being replaced (`members` is the
+    # new one); empty otherwise. Peers are the union of both.
+    members_old: list[Member] = field(default_factory=list)
+    # A new segment copying page images from a peer: its SCL stays 0 until done.
+    hydrating: bool = False
     scl: int = 0
     highest_lsn: int = 0
     pgmrpl: int = 0
@@ -45,10 +50,14 @@ class SegmentMeta:
     def from_json(cls, data: bytes) -> SegmentMeta:
         values = json.loads(data)
         values["members"] = [Member(**member) for member in values["members"]]
+        # Meta written before membership changes existed has no members_old.
+        values["members_old"] = [Member(**member) for member in values.get("members_old", [])]
         return cls(**values)
 
     def copy(self) -> SegmentMeta:
-        return dataclasses.replace(self, members=list(self.members))
+        return dataclasses.replace(
+            self, members=list(self.members), members_old=list(self.members_old)
+        )
 
 
 class Segment:

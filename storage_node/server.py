@@ -17,6 +17,7 @@ from storage_node.coalescer import Coalescer
 from storage_node.config import StorageNodeConfig
 from storage_node.garbage_collector import GarbageCollector
 from storage_node.gossip import Gossip
+from storage_node.hydration import Hydrator
 from storage_node.peers import Peers
 from storage_node.periodic import Periodic
 from storage_node.scrubber import Scrubber
@@ -41,6 +42,8 @@ def declare_metrics(metrics: Metrics) -> None:
         ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
         ("pages_read_total", "counter", "GetPage calls answered."),
         ("gossip_records_filled_total", "counter", "Records copied from peers by gossip."),
+        ("hydration_pages_total", "counter", "Page images copied from peers by hydration."),
+        ("hydrations_total", "counter", "New segments that finished hydrating from a peer."),
         ("crc_failures_total", "counter", "Stored records or images that failed their CRC32C."),
         ("scrub_repairs_total", "counter", "Corrupt copies replaced from a peer."),
         ("coalesced_images_total", "counter", "Page images written by the coalescer."),
@@ -94,8 +97,12 @@ class StorageNode:
         scrubber = Scrubber(self.config, self.store, self.writer, peers, self.metrics)
         service.scrubber = scrubber
         gossip = Gossip(self.config, self.store, service, peers, self.metrics)
+        hydrator = Hydrator(self.config, self.store, self.writer, peers, gossip, self.metrics)
         tasks = [
             Periodic("gossip", self.config.gossip_interval_ms, gossip.run_once),
+            # Its own task, so one long hydration does not hold up gossip for the
+            # node's other segments.
+            Periodic("hydrate", self.config.gossip_interval_ms, hydrator.run_once),
             Periodic(
                 "coalesce",
                 self.config.coalesce_interval_ms,
@@ -109,6 +116,7 @@ class StorageNode:
             Periodic("scrub", self.config.scrub_interval_ms, scrubber.run_once),
         ]
         scrubber.periodic = tasks[-1]
+        service.on_hydrating = tasks[1].wake
 
         server = rpc.server(self.config.message_bytes_max)
         storage_pb2_grpc.add_StorageServicer_to_server(service, server)

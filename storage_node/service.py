@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from borealis.rpc import handler
 from proto import storage_pb2, storage_pb2_grpc
 from storage_node.config import StorageNodeConfig
 from storage_node.convert import epochs_of, members_of, segment_id_of, state_to_proto
-from storage_node.segment import Segment, SegmentMeta
+from storage_node.segment import Member, Segment, SegmentMeta
 from storage_node.store import IncomingRecord, SegmentStore
 from storage_node.writer import Writer
 
@@ -58,6 +59,28 @@ def check_batch(
     return checked
 
 
+def check_read_point(segment: Segment, lsn: int) -> None:
+    """Page reads must be at or above the PGMRPL and at or below the SCL, and never from a
+    segment that is still hydrating (its images may be partial)."""
+    if lsn < segment.pgmrpl:
+        raise VersionGone(
+            "read point is below the PGMRPL", segment=segment.id, lsn=lsn, pgmrpl=segment.pgmrpl
+        )
+    if segment.meta.hydrating or lsn > segment.scl:
+        raise Unavailable(
+            "segment is not complete to the read point",
+            segment=segment.id,
+            lsn=lsn,
+            scl=segment.scl,
+            hydrating=segment.meta.hydrating,
+        )
+
+
+def check_members(members: list[Member], what: str) -> None:
+    if len({m.node for m in members}) != len(members):
+        raise InvalidRequest(f"{what} must be distinct nodes")
+
+
 class StorageService(storage_pb2_grpc.StorageServicer):
     def __init__(
         self, config: StorageNodeConfig, store: SegmentStore, writer: Writer, metrics: Metrics
@@ -68,6 +91,8 @@ class StorageService(storage_pb2_grpc.StorageServicer):
         self._metrics = metrics
         self._append_slots = asyncio.Semaphore(config.append_inflight_batches_max)
         self.scrubber: Scrubber | None = None
+        # Called when a hydrating segment is created, so hydration starts at once.
+        self.on_hydrating: Callable[[], None] | None = None
 
     def _segment(self, ref: storage_pb2.SegmentRef, check_epochs: bool = True) -> Segment:
         segment = self._store.segment(segment_id_of(ref))
@@ -122,20 +147,7 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     ) -> storage_pb2.GetPageResponse:
         segment = self._segment(request.segment)
         segment.check_page(request.page)
-        if request.lsn < segment.pgmrpl:
-            raise VersionGone(
-                "read point is below the PGMRPL",
-                segment=segment.id,
-                lsn=request.lsn,
-                pgmrpl=segment.pgmrpl,
-            )
-        if request.lsn > segment.scl:
-            raise Unavailable(
-                "segment is not complete to the read point",
-                segment=segment.id,
-                lsn=request.lsn,
-                scl=segment.scl,
-            )
+        check_read_point(segment, request.lsn)
         await faults.apoint("storage.get_page")
         try:
             image, page_lsn = self._store.read_page(segment, request.page, request.lsn)
@@ -144,6 +156,36 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             raise
         self._metrics.inc("pages_read_total")
         return storage_pb2.GetPageResponse(image=image, page_lsn=page_lsn)
+
+    @handler
+    async def ReadPageImages(
+        self, request: storage_pb2.ReadPageImagesRequest, context: aio.ServicerContext
+    ) -> storage_pb2.ReadPageImagesResponse:
+        segment = self._segment(request.segment)
+        check_read_point(segment, request.lsn)
+        bytes_max = min(
+            request.bytes_max or self._config.read_records_bytes_max,
+            self._config.read_records_bytes_max,
+        )
+        try:
+            # Many pages, each materialised: off the event loop.
+            images, more, next_page = await asyncio.to_thread(
+                self._store.page_images, segment, request.lsn, request.start_page, bytes_max
+            )
+        except Corruption:
+            self._corruption_found()
+            raise
+        # GC may have dropped versions below a PGMRPL raised during the read: the images
+        # are good only if the read point was still at or above it at the end.
+        check_read_point(segment, request.lsn)
+        return storage_pb2.ReadPageImagesResponse(
+            images=[
+                storage_pb2.PageImage(page=page, page_lsn=page_lsn, image=image)
+                for page, page_lsn, image in images
+            ],
+            more=more,
+            next_page=next_page,
+        )
 
     def _corruption_found(self) -> None:
         self._metrics.inc("crc_failures_total")
@@ -191,23 +233,14 @@ class StorageService(storage_pb2_grpc.StorageServicer):
     ) -> storage_pb2.SegmentState:
         ref = request.segment
         members = members_of(list(request.members))
+        members_old = members_of(list(request.members_old))
         if request.page_count == 0:
             raise InvalidRequest("a segment must cover at least one page")
-        if len({m.node for m in members}) != len(members):
-            raise InvalidRequest("members must be distinct nodes")
+        check_members(members, "members")
+        check_members(members_old, "members_old")
         segment = self._store.segments.get(segment_id_of(ref))
         if segment is None:
-            meta = SegmentMeta(
-                volume_id=ref.volume_id,
-                pg=ref.pg,
-                first_page=request.first_page,
-                page_count=request.page_count,
-                volume_epoch=ref.volume_epoch,
-                membership_epoch=ref.membership_epoch,
-                members=members,
-            )
-            segment = await self._writer.run(partial(self._store.op_create, meta=meta))
-            return state_to_proto(segment)
+            return state_to_proto(await self._create(request, members, members_old))
         meta = segment.meta
         if (request.first_page, request.page_count) != (meta.first_page, meta.page_count):
             raise InvalidRequest("a segment's page range cannot change", segment=segment.id)
@@ -220,18 +253,43 @@ class StorageService(storage_pb2_grpc.StorageServicer):
                 segment_membership_epoch=meta.membership_epoch,
             )
         if ref.membership_epoch == meta.membership_epoch:
-            if members != meta.members:
+            if (members, members_old) != (meta.members, meta.members_old):
                 raise InvalidRequest(
                     "membership epoch reused for a different member set", segment=segment.id
                 )
             return state_to_proto(segment)
 
         def change(meta: SegmentMeta) -> None:
+            # A settle call sends members_old empty: the change is over.
             meta.membership_epoch = ref.membership_epoch
             meta.members = members
+            meta.members_old = members_old
 
         await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
         return state_to_proto(segment)
+
+    async def _create(
+        self,
+        request: storage_pb2.SetMembershipRequest,
+        members: list[Member],
+        members_old: list[Member],
+    ) -> Segment:
+        ref = request.segment
+        meta = SegmentMeta(
+            volume_id=ref.volume_id,
+            pg=ref.pg,
+            first_page=request.first_page,
+            page_count=request.page_count,
+            volume_epoch=ref.volume_epoch,
+            membership_epoch=ref.membership_epoch,
+            members=members,
+            members_old=members_old,
+            hydrating=request.hydrate,
+        )
+        segment: Segment = await self._writer.run(partial(self._store.op_create, meta=meta))
+        if meta.hydrating and self.on_hydrating is not None:
+            self.on_hydrating()
+        return segment
 
     @handler
     async def SetEpoch(

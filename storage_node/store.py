@@ -85,6 +85,18 @@ def check_image_value(key: bytes, value: bytes) -> bytes:
     return image
 
 
+def outside_truncation(meta: SegmentMeta, records: list[IncomingRecord]) -> list[IncomingRecord]:
+    """The records outside the segment's last truncation range.
+
+    A truncated range stays empty: a peer that has the new epoch but has not
+    truncated yet must not gossip those records back.
+    """
+    above, up_to = meta.truncated_above_lsn, meta.truncated_up_to_lsn
+    if not up_to:
+        return records
+    return [record for record in records if not above < record[0] <= up_to]
+
+
 class SegmentStore:
     def __init__(self, path: Path, map_size_bytes: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -157,33 +169,71 @@ class SegmentStore:
 
     def read_page(self, segment: Segment, page: int, lsn: int) -> tuple[bytes, int]:
         """(image, page_lsn) of `page` as of `lsn`; Corruption if a needed version is bad."""
-        volume, pg = segment.meta.volume_id, segment.meta.pg
+        with self.env.begin() as txn:
+            return self._read_page(txn, segment.meta.volume_id, segment.meta.pg, page, lsn)
+
+    def _read_page(
+        self, txn: lmdb.Transaction, volume: int, pg: int, page: int, lsn: int
+    ) -> tuple[bytes, int]:
         prefix = PAGE_PREFIX.pack(volume, pg, page)
         records: list[bytes] = []
         base: bytes | None = None
         page_lsn = 0
-        with self.env.begin() as txn:
-            cursor = txn.cursor(self.versions_db)
-            if cursor.set_range(VERSION_KEY.pack(volume, pg, page, lsn + 1)):
-                found = cursor.prev()
-            else:
-                found = cursor.last()
-            while found:
-                key = cursor.key()
-                if key[:PAGE_PREFIX_BYTES] != prefix:
-                    break
-                (version_lsn,) = U64.unpack_from(key, PAGE_PREFIX_BYTES)
-                page_lsn = page_lsn or version_lsn
-                value = cursor.value()
-                if value[:1] == TAG_MATERIALISED:
-                    base = check_image_value(key, value)
-                    break
-                records.append(self._log_record(txn, volume, pg, version_lsn))
-                if value[:1] == TAG_FULL:
-                    break
-                found = cursor.prev()
+        cursor = txn.cursor(self.versions_db)
+        if cursor.set_range(VERSION_KEY.pack(volume, pg, page, lsn + 1)):
+            found = cursor.prev()
+        else:
+            found = cursor.last()
+        while found:
+            key = cursor.key()
+            if key[:PAGE_PREFIX_BYTES] != prefix:
+                break
+            (version_lsn,) = U64.unpack_from(key, PAGE_PREFIX_BYTES)
+            page_lsn = page_lsn or version_lsn
+            value = cursor.value()
+            if value[:1] == TAG_MATERIALISED:
+                base = check_image_value(key, value)
+                break
+            records.append(self._log_record(txn, volume, pg, version_lsn))
+            if value[:1] == TAG_FULL:
+                break
+            found = cursor.prev()
         records.reverse()
         return redo.materialise(base, records), page_lsn
+
+    def page_images(
+        self, segment: Segment, lsn: int, start_page: int, bytes_max: int
+    ) -> tuple[list[tuple[int, int, bytes]], bool, int]:
+        """Full images as of `lsn` of the pages from `start_page` on that have a version at
+        or below it, page ascending: ([(page, page_lsn, image)], more, next_page).
+
+        At least one image if any, then no more than `bytes_max` of images in all; when
+        that stops the read, `more` is True and the next call starts at `next_page`
+        (else `next_page` is the end of the segment's range).
+        """
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        page = max(start_page, segment.meta.first_page)
+        end_page = segment.meta.first_page + segment.meta.page_count
+        images: list[tuple[int, int, bytes]] = []
+        total_bytes = 0
+        with self.env.begin() as txn:
+            cursor = txn.cursor(self.versions_db)
+            prefix = SEGMENT_KEY.pack(volume, pg)
+            while page < end_page and cursor.set_range(VERSION_KEY.pack(volume, pg, page, 0)):
+                key = cursor.key()
+                if key[:SEGMENT_KEY_BYTES] != prefix:
+                    break
+                page, oldest_lsn = struct.unpack_from(">QQ", key, SEGMENT_KEY_BYTES)
+                if page >= end_page:
+                    break
+                if oldest_lsn <= lsn:
+                    if images and total_bytes + redo.PAGE_SIZE_BYTES > bytes_max:
+                        return images, True, page
+                    image, page_lsn = self._read_page(txn, volume, pg, page, lsn)
+                    images.append((page, page_lsn, image))
+                    total_bytes += len(image)
+                page += 1
+        return images, False, end_page
 
     def _log_record(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> bytes:
         data = txn.get(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
@@ -328,11 +378,7 @@ class SegmentStore:
             # request may have waited since its first check while recovery raised the
             # epoch and truncated, and a fenced writer's records must not land after that.
             segment.check_epochs(epochs)
-        above, up_to = segment.meta.truncated_above_lsn, segment.meta.truncated_up_to_lsn
-        if up_to:
-            # A truncated range stays empty: a peer that has the new epoch but has not
-            # truncated yet must not gossip those records back.
-            records = [record for record in records if not above < record[0] <= up_to]
+        records = outside_truncation(segment.meta, records)
         volume, pg = segment.meta.volume_id, segment.meta.pg
         chain = segment.chain
         log_items = []
@@ -378,6 +424,84 @@ class SegmentStore:
         if existing is not None and existing[:1] != TAG_FULL:
             txn.put(key, image_value(segment.id, page, lsn, image), db=self.versions_db)
         return lambda: existing is not None
+
+    def op_put_hydrated_images(
+        self,
+        txn: lmdb.Transaction,
+        segment: Segment,
+        images: list[tuple[int, int, bytes]],
+        epochs: Epochs,
+    ) -> Publish:
+        """Stores a peer's page images (page, page_lsn, image) as materialised versions of a
+        hydrating segment; publishes how many were stored."""
+        assert segment.meta.hydrating
+        # Checked in the writer thread, which also changes epochs (see op_append).
+        segment.check_epochs(epochs)
+        for page, page_lsn, image in images:
+            assert len(image) == redo.PAGE_SIZE_BYTES and segment.contains_page(page)
+            key = VERSION_KEY.pack(segment.meta.volume_id, segment.meta.pg, page, page_lsn)
+            txn.put(key, image_value(segment.id, page, page_lsn, image), db=self.versions_db)
+        return lambda: len(images)
+
+    def op_put_hydrated_records(
+        self, txn: lmdb.Transaction, segment: Segment, records: list[IncomingRecord], epochs: Epochs
+    ) -> Publish:
+        """Stores a peer's records at or below a hydrating segment's base, with their page
+        versions as AppendRedo would (GC later drops those older than the base images),
+        without touching the chain: finishing hydration sets it. Publishes how many
+        were new."""
+        assert segment.meta.hydrating
+        segment.check_epochs(epochs)
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        meta = segment.meta
+        new = 0
+        for lsn, _prev, page, kind, data in outside_truncation(meta, records):
+            if not txn.put(LOG_KEY.pack(volume, pg, lsn), data, db=self.log_db, overwrite=False):
+                continue
+            new += 1
+            meta.records += 1
+            meta.record_bytes += len(data)
+            tag = {KIND_DELTA: TAG_DELTA, KIND_IMAGE: TAG_FULL}.get(kind)
+            if tag is not None:
+                # An image copied at this version stays: it is the page's base.
+                key = VERSION_KEY.pack(volume, pg, page, lsn)
+                txn.put(key, tag, db=self.versions_db, overwrite=False)
+        txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
+        return lambda: new
+
+    def op_finish_hydration(
+        self, txn: lmdb.Transaction, segment: Segment, base: int, epochs: Epochs
+    ) -> Publish:
+        """Ends a hydration whose images and records at or below `base` are stored: the
+        chain restarts at the PG's newest record at or below `base`, joined by the
+        records already held above it (sent by the writer meanwhile), and reads at or
+        above `base` become possible.
+
+        The chain must restart at a record: the next record of the PG links to it.
+        The newest one held at or below `base` is the PG's newest there, because the
+        copy holds every record the source kept, and GC keeps each page's newest
+        version at or below its PGMRPL (and every SIZE record).
+        """
+        assert segment.meta.hydrating
+        segment.check_epochs(epochs)
+        meta = segment.meta
+        chain_base = self._last_lsn_at_or_below(txn, meta.volume_id, meta.pg, base)
+        chain = SegmentChain(Lsn(chain_base), self._records_above(txn, meta, chain_base))
+        segment.chain = chain
+        meta.scl = chain.scl
+        meta.highest_lsn = chain.highest_lsn
+        # Versions below the base were not copied: reads below it are refused.
+        meta.pgmrpl = max(meta.pgmrpl, base)
+        meta.hydrating = False
+        txn.put(SEGMENT_KEY.pack(meta.volume_id, meta.pg), meta.to_json(), db=self.meta_db)
+        scl, pgmrpl = chain.scl, meta.pgmrpl
+
+        def publish() -> int:
+            segment.pgmrpl = Lsn(pgmrpl)
+            segment.scl = Lsn(scl)
+            return scl
+
+        return publish
 
     def op_replace_record(self, txn: lmdb.Transaction, segment: Segment, data: bytes) -> Publish:
         """Overwrites a (corrupt) log record with a checked copy from a peer."""

@@ -43,6 +43,14 @@ meanwhile (group commit). A statement inside a transaction waits while its sessi
 holds the connection: the first statement of a write transaction after another
 commit waits for that commit to be durable (it may have read it).
 
+Durable reads. When storage cannot make commits durable (an AZ and one more node
+down), a read that saw a commit still in flight would wait for the outage to end.
+An autocommit statement that committed nothing and is not released within
+DURABLE_READ_AFTER_S runs again on a reader connection at the VDL instead (the
+writer's engine keeps the page versions above the VDL, vfs.VolumeState): it sees
+every acknowledged commit, and needs no wait. If those versions were dropped
+(SnapshotTooOld) or the statement writes after all, it waits as before.
+
 Errors. SQLite's own errors become StatementError carrying the apsw exception
 (`sqlite_error`), for the PostgreSQL layer to map (constraint violations to
 23xxx, ...). BorealisErrors raised under SQLite (Unavailable from a page read or
@@ -75,6 +83,7 @@ from borealis.errors import (
     InvalidRequest,
     QueryCanceled,
     SerializationFailure,
+    SnapshotTooOld,
     TransactionAborted,
 )
 from borealis.ids import LSN_NONE, Lsn
@@ -106,6 +115,9 @@ WORKER_JOBS_MAX = 32
 WRITER_READS_MAX = 16
 # A thread hands back at most this many results per event loop wake-up.
 SETTLE_BATCH_MAX = 16
+# A read not released within this (its durability wait is normally a few
+# milliseconds) runs again at the VDL: see "Durable reads" above.
+DURABLE_READ_AFTER_S = 0.5
 
 Params = Sequence[Any] | Mapping[str, Any]
 WaitDurable = Callable[[Lsn], Awaitable[None]]
@@ -237,6 +249,8 @@ class _Outcome(NamedTuple):
     in_transaction: bool
     read_point: Lsn | None
     lsn_seen_max: Lsn
+    # The job committed a transaction (a write, not a read).
+    committed: bool = False
 
 
 class _Connection:
@@ -272,6 +286,7 @@ class _Connection:
         begin: str | None = None,
         read_point: Lsn | None = None,
         autocommit: bool = False,
+        durable_read: bool = False,
     ) -> _Outcome:
         """Runs `sql` (after `begin`, if given, in the same job). With `read_point`,
         only if it is still the newest commit: a transaction moved from a reader.
@@ -279,6 +294,8 @@ class _Connection:
         after: other sessions' statements are queued behind this one."""
         result: Result | None = None
         error: BaseException | None = None
+        commits_before = self.file.commits
+        self.file.durable_read = durable_read
         try:
             if read_point is not None and read_point != self._lsn_newest():
                 raise SerializationFailure(
@@ -291,12 +308,18 @@ class _Connection:
             result = self._execute(sql, params, many)
         except BaseException as raised:  # noqa: BLE001 - handed to the session
             error = self._map_error(raised)
+        finally:
+            self.file.durable_read = False
         if autocommit and self.sqlite.in_transaction:
             # kind_of() lets no transaction-opening statement through; if one
             # slips by anyway, it must not capture the next session's statements.
             self.rollback()
             result, error = None, StatementError("a pipelined statement opened a transaction")
-        return self._outcome(result, error)
+        outcome = self._outcome(result, error)
+        if durable_read:
+            # It read at the VDL: nothing it saw needs waiting for.
+            return outcome._replace(lsn_seen_max=LSN_NONE)
+        return outcome._replace(committed=self.file.commits != commits_before)
 
     def use_values(self, values: SessionValues) -> None:
         target = self._function_values
@@ -559,6 +582,8 @@ class EngineStats:
     serialization_failures: int = 0
     durability_waits: int = 0
     """wait_durable calls (results already known durable skip the call)."""
+    durable_reads: int = 0
+    """Reads answered at the VDL because their durability wait took too long."""
 
 
 class Engine:
@@ -710,19 +735,30 @@ class Engine:
             if writer_free and writer.jobs_queued < (self._writer_reads_max if read else jobs_max):
                 return writer
             if read:
-                best: _Worker | None = None
-                for reader in self._readers:
-                    if (
-                        reader.owner is None
-                        and reader.jobs_queued < jobs_max
-                        and (best is None or reader.jobs_queued < best.jobs_queued)
-                    ):
-                        best = reader
+                best = self._reader_free()
                 if best is not None:
                     return best
                 if writer_free and writer.jobs_queued < jobs_max:
                     return writer
             await self._wait()
+
+    async def _pipeline_reader(self) -> _Worker:
+        """A reader connection to queue an autocommit read on (a durable read)."""
+        while (reader := self._reader_free()) is None:
+            await self._wait()
+        return reader
+
+    def _reader_free(self) -> _Worker | None:
+        """The reader no session holds with the shortest queue that has room."""
+        best: _Worker | None = None
+        for reader in self._readers:
+            if (
+                reader.owner is None
+                and reader.jobs_queued < self._jobs_max
+                and (best is None or reader.jobs_queued < best.jobs_queued)
+            ):
+                best = reader
+        return best
 
     def _give_back(self, worker: _Worker) -> None:
         worker.owner = None
@@ -908,20 +944,55 @@ class Session:
             worker = await engine._pipeline(read=False)
             outcome = await self._queue(worker, sql, params, many)
         assert not outcome.in_transaction
-        await engine._durable(outcome.lsn_seen_max)
+        if (
+            outcome.committed
+            or outcome.lsn_seen_max <= engine._lsn_durable
+            or engine.vfs.state.vdl is None
+            or not engine._readers
+        ):
+            await engine._durable(outcome.lsn_seen_max)
+        else:
+            outcome = await self._release_read(outcome, sql, params, many)
         if outcome.error is not None:
             raise outcome.error
         assert outcome.result is not None
         return outcome.result
 
+    async def _release_read(
+        self, outcome: _Outcome, sql: str, params: Params | list[Params], many: bool
+    ) -> _Outcome:
+        """A read's outcome once what it saw is durable, or the same read run again
+        at the VDL if that takes too long (see "Durable reads")."""
+        engine = self._engine
+        waiting = asyncio.ensure_future(engine._durable(outcome.lsn_seen_max))
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=DURABLE_READ_AFTER_S)
+            if not done:
+                worker = await engine._pipeline_reader()
+                again = await self._queue(worker, sql, params, many, durable_read=True)
+                if not isinstance(again.error, (SnapshotTooOld, _ReadOnly)):
+                    engine.stats.durable_reads += 1
+                    return again
+            await waiting
+            return outcome
+        finally:
+            waiting.cancel()
+
     async def _queue(
-        self, worker: _Worker, sql: str, params: Params | list[Params], many: bool
+        self,
+        worker: _Worker,
+        sql: str,
+        params: Params | list[Params],
+        many: bool,
+        durable_read: bool = False,
     ) -> _Outcome:
         self._count(worker)
         self._statement_worker = worker
         try:
             return await worker.submit(
-                lambda connection: connection.run(sql, params, many=many, autocommit=True),
+                lambda connection: connection.run(
+                    sql, params, many=many, autocommit=True, durable_read=durable_read
+                ),
                 self,
             )
         finally:

@@ -86,6 +86,11 @@ class VolumeState:
     - Old page versions for pinned read points, bounded by `versions_bytes_max`.
       When over the bound, the oldest read points expire: their files raise
       SnapshotTooOld on the next page read that misses SQLite's cache.
+    - Durable reads (the writer's engine, after `start_durable_reads`): the VDL is
+      pinned too, so the versions of every commit above it are kept, and a file
+      with `durable_read` set reads at the VDL. Such a read sees every
+      acknowledged commit and needs no durability wait: what serves reads when
+      storage cannot make new commits durable (an AZ and one more node down).
     """
 
     def __init__(self, source: PageSource, versions_bytes_max: int) -> None:
@@ -108,6 +113,13 @@ class VolumeState:
         self._version_order: deque[tuple[Lsn, int]] = deque()
         self.versions_bytes = 0
         self.commits = 0
+        # Durable reads: the pinned VDL (None until started), the page count there,
+        # the commits above it that changed the page count, and the lowest VDL
+        # whose versions are all kept (raised when versions expire).
+        self.vdl: Lsn | None = None
+        self._page_count_vdl = 0
+        self._page_counts: deque[tuple[Lsn, int]] = deque()
+        self._lsn_versions_from: Lsn = LSN_NONE
 
     # -- pins -----------------------------------------------------------------------
 
@@ -129,6 +141,41 @@ class VolumeState:
             assert lsn >= self.lsn_newest, (lsn, self.lsn_newest)
             self.lsn_newest = lsn
             self.page_count_newest = page_count
+
+    def start_durable_reads(self, vdl: Lsn) -> None:
+        """Pins the VDL from now on (the writer's engine, once it is open). Commits
+        made before this kept no versions: durable reads start above them."""
+        with self._lock:
+            assert self.vdl is None and vdl <= self.lsn_newest, (vdl, self.lsn_newest)
+            self.vdl = vdl
+            self._page_count_vdl = self.page_count_newest
+            self._lsn_versions_from = self.lsn_newest
+            self._pins[vdl] = self._pins.get(vdl, 0) + 1
+
+    def note_vdl(self, vdl: Lsn) -> None:
+        """The VDL advanced (on the volume's event loop): move the durable pin."""
+        with self._lock:
+            if self.vdl is None or vdl <= self.vdl:
+                return
+            counts = self._page_counts
+            while counts and counts[0][0] <= vdl:
+                self._page_count_vdl = counts.popleft()[1]
+            self._pins[vdl] = self._pins.get(vdl, 0) + 1
+            self._unpin_locked(self.vdl)
+            self.vdl = vdl
+
+    def pin_durable(self) -> tuple[Lsn, int]:
+        """Pins the VDL for a durable read; returns it and the page count there."""
+        with self._lock:
+            vdl = self.vdl
+            if vdl is None or vdl < self._lsn_versions_from or vdl <= self.lsn_expired:
+                raise SnapshotTooOld(
+                    "page versions above the VDL were dropped; a durable read waits",
+                    vdl=vdl,
+                    versions_bytes_max=self.versions_bytes_max,
+                )
+            self._pins[vdl] += 1
+            return vdl, self._page_count_vdl
 
     def unpin(self, read_point: Lsn) -> None:
         with self._lock:
@@ -203,6 +250,8 @@ class VolumeState:
             self.lsn_newest = lsn
             if changes.page_count is not None:
                 self.page_count_newest = changes.page_count
+                if self.vdl is not None:
+                    self._page_counts.append((lsn, changes.page_count))
             self.commits += 1
             return lsn
 
@@ -244,6 +293,8 @@ class VolumeState:
             if oldest_live is None:
                 break
             self.lsn_expired = oldest_live
+            # A durable read at a VDL below the newest commit would miss versions.
+            self._lsn_versions_from = self.lsn_newest
             self._prune_locked()
 
     def _keep_locked(self, page: int, lsn_valid_through: Lsn, image: bytes) -> None:
@@ -307,6 +358,8 @@ class VolumeFile:
         self.lsn_commit_last: Lsn = LSN_NONE
         self.lsn_seen_max: Lsn = LSN_NONE
         self.snapshot_conflict = False
+        # Set by the session layer around a durable read (see VolumeState).
+        self.durable_read = False
         self.commits = 0
         self.rollbacks = 0
         self.last_commit: CommitChanges | None = None
@@ -515,7 +568,8 @@ class VolumeFile:
         self._check_usable()
         if self._lock_level == LOCK_NONE and level >= LOCK_SHARED:
             self.snapshot_conflict = False
-            self.read_point, page_count = self._state.pin()
+            state = self._state
+            self.read_point, page_count = state.pin_durable() if self.durable_read else state.pin()
             self._pinned = True
             self.lsn_seen_max = max(self.lsn_seen_max, self.read_point)
             self._page_count_committed = self._page_count = page_count

@@ -45,6 +45,7 @@ from compute_node.replication.core import (
 )
 from compute_node.volume.volume import Volume
 from proto import replication_pb2, replication_pb2_grpc
+from storage_node.segment import Member
 
 log = get_logger("compute_node.replication")
 
@@ -88,7 +89,7 @@ class Publisher:
         self.lsn_newest = lsn_newest
         self.page_count = page_count
         self._history = PgLsnHistory(lsn_last_by_pg)
-        self._pgs: dict[PgIndex, tuple[Epoch, list[str]]] = volume.pg_members()
+        self._pgs: dict[PgIndex, tuple[Epoch, list[Member]]] = volume.pg_members()
         self._subscribers: dict[int, Subscriber] = {}
         self._serial = itertools.count(1)
         self.read_points = ReadPoints()
@@ -126,11 +127,11 @@ class Publisher:
         if self._subscribers:
             self._push(Event("vdl", vdl, VDL_EVENT_BYTES))
 
-    def on_pg_added(self, pg: PgIndex, membership_epoch: Epoch, nodes: list[str]) -> None:
-        self._pgs[pg] = (membership_epoch, list(nodes))
+    def on_pg_members(self, pg: PgIndex, membership_epoch: Epoch, members: list[Member]) -> None:
+        kind = "members" if pg in self._pgs else "pg"
+        self._pgs[pg] = (membership_epoch, list(members))
         if self._subscribers:
-            info = replication_pb2.PgInfo(pg=pg, membership_epoch=membership_epoch, nodes=nodes)
-            self._push(Event("pg", info, 64))
+            self._push(Event(kind, pg_info(pg, membership_epoch, members), 64 * len(members)))
 
     def _push(self, event: Event) -> None:
         for subscriber in self._subscribers.values():
@@ -155,13 +156,8 @@ class Publisher:
             page_count=self.page_count,
             vdl=self._volume.vdl,
             pgs=[
-                replication_pb2.PgInfo(
-                    pg=pg,
-                    membership_epoch=epoch,
-                    nodes=nodes,
-                    lsn_last=lsn_last_by_pg.get(pg, LSN_NONE),
-                )
-                for pg, (epoch, nodes) in sorted(self._pgs.items())
+                pg_info(pg, epoch, members, lsn_last_by_pg.get(pg, LSN_NONE))
+                for pg, (epoch, members) in sorted(self._pgs.items())
             ],
         )
         log.info(
@@ -267,7 +263,22 @@ def _event(event: Event) -> replication_pb2.Event:
         return replication_pb2.Event(group=event.value)  # type: ignore[arg-type]
     if event.kind == "vdl":
         return replication_pb2.Event(vdl=event.value)  # type: ignore[arg-type]
+    if event.kind == "members":
+        return replication_pb2.Event(pg_members=event.value)  # type: ignore[arg-type]
     return replication_pb2.Event(pg_added=event.value)  # type: ignore[arg-type]
+
+
+def pg_info(
+    pg: PgIndex, membership_epoch: Epoch, members: list[Member], lsn_last: Lsn = LSN_NONE
+) -> replication_pb2.PgInfo:
+    return replication_pb2.PgInfo(
+        pg=pg,
+        membership_epoch=membership_epoch,
+        nodes=[member.node for member in members],
+        addresses=[member.address for member in members],
+        azs=[member.az for member in members],
+        lsn_last=lsn_last,
+    )
 
 
 class ReplicationService(replication_pb2_grpc.ReplicationServicer):

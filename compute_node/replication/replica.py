@@ -156,14 +156,16 @@ class ReplicaVolume:
         self._volume_epoch = volume_epoch
         self._pages_per_pg = pages_per_pg
 
-    def set_pg(self, pg: PgIndex, membership_epoch: Epoch, nodes: list[str]) -> None:
-        """Names a PG's members (from a Hello, or a PG the writer created)."""
-        unknown = [name for name in nodes if name not in self._nodes]
-        if unknown:
-            raise InvalidRequest(
-                "the writer names storage nodes not in the cluster file", nodes=",".join(unknown)
-            )
-        self._members[pg] = [self._nodes[name] for name in nodes]
+    def set_pg(self, pg: PgIndex, membership_epoch: Epoch, members: list[Member]) -> None:
+        """Names a PG's members (from a Hello, a PG the writer created, or a
+        membership change); a node the cluster file did not list (a replacement)
+        gets a client for the address the writer names."""
+        timeout_s = self.config.control_rpc_timeout_ms / 1000
+        for member in members:
+            if member.node not in self._clients:
+                self._nodes[member.node] = member
+                self._clients[member.node] = StorageClient(member.address, timeout_s=timeout_s)
+        self._members[pg] = list(members)
         self._membership_epoch[pg] = membership_epoch
 
     def begin(self, start: StartPoint) -> None:

@@ -29,12 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from borealis import rpc
+from borealis.errors import InvalidRequest
 from borealis.ids import LSN_NONE, Epoch, Lsn, PgIndex
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from compute_node.replication.core import Group, MtrBuffer
 from compute_node.replication.replica import ReplicaVolume, StartPoint
 from proto import replication_pb2, replication_pb2_grpc
+from storage_node.segment import Member
 
 log = get_logger("compute_node.replication")
 
@@ -143,7 +145,7 @@ class Subscription:
             raise RuntimeError(f"the writer serves volume {hello.volume_id}")
         replica.set_volume(Epoch(hello.volume_epoch), hello.pages_per_pg)
         for info in hello.pgs:
-            replica.set_pg(PgIndex(info.pg), Epoch(info.membership_epoch), list(info.nodes))
+            replica.set_pg(PgIndex(info.pg), Epoch(info.membership_epoch), members_of(info))
         lsn_start = Lsn(hello.lsn_start)
         self._buffer = MtrBuffer(BUFFER_BYTES_MAX, lsn_applied=lsn_start)
         self._subscriber_id = hello.subscriber_id
@@ -166,9 +168,9 @@ class Subscription:
             )
         if kind == "vdl":
             self._vdl(Lsn(event.vdl))
-        elif kind == "pg_added":
-            info = event.pg_added
-            self._replica.set_pg(PgIndex(info.pg), Epoch(info.membership_epoch), list(info.nodes))
+        elif kind in ("pg_added", "pg_members"):
+            info = getattr(event, kind)
+            self._replica.set_pg(PgIndex(info.pg), Epoch(info.membership_epoch), members_of(info))
         return True
 
     def _vdl(self, vdl: Lsn) -> None:
@@ -229,3 +231,13 @@ class Subscription:
             ("replica_writer_vdl", {}, self.writer_vdl),
             ("replica_subscriptions_total", {}, self.subscriptions),
         ]
+
+
+def members_of(info: replication_pb2.PgInfo) -> list[Member]:
+    """A PG's members as the writer names them, with their addresses."""
+    if len(info.addresses) != len(info.nodes) or len(info.azs) != len(info.nodes):
+        raise InvalidRequest("a PG's member nodes, addresses and AZs differ in number", pg=info.pg)
+    return [
+        Member(node, address, az)
+        for node, address, az in zip(info.nodes, info.addresses, info.azs, strict=True)
+    ]

@@ -21,10 +21,13 @@ A cancelled call counts as a slow sample of its node, so a stalled node drops
 down the order instead of costing every read a hedge delay.
 
 A refusal moves on to the next segment at once: Unavailable (segment behind,
-node down, deadline), Corruption, NotFound and any other server-side error. VersionGone, StaleEpoch and InvalidRequest are the caller's
-problem (a read point below the PGMRPL, old epochs, a page outside the PG) and are
-raised at once. When every segment has refused, the read fails with Unavailable
-naming the page, the LSN and each node's error.
+node down, deadline), Corruption, NotFound, StaleEpoch (during a membership
+change the segments move to the new membership epoch one by one) and any other
+server-side error. VersionGone and InvalidRequest are the caller's problem (a
+read point below the PGMRPL, a page outside the PG) and are raised at once. When
+every segment has refused, the read fails with StaleEpoch if they all refused
+the epochs (the caller's are old), else with Unavailable naming the page, the
+LSN and each node's error.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from storage_node.client import StorageClient
 log = get_logger("compute_node.reader")
 
 # Errors that say the request itself is wrong: no other segment would answer it.
-CALLER_ERRORS: tuple[type[BorealisError], ...] = (VersionGone, StaleEpoch, InvalidRequest)
+CALLER_ERRORS: tuple[type[BorealisError], ...] = (VersionGone, InvalidRequest)
 
 
 class MemberLike(Protocol):
@@ -260,7 +263,8 @@ class PageReader:
         """(image, page_lsn) of `page` as of read point `lsn`.
 
         Raises Unavailable when no segment could answer within the read deadline,
-        VersionGone / StaleEpoch / InvalidRequest when the request itself is wrong.
+        StaleEpoch when every segment refused its epochs, VersionGone / InvalidRequest
+        when the request itself is wrong.
         """
         assert not self._closed, "read_page after close"
         assert page >= 0 and lsn >= 0, (page, lsn)
@@ -294,6 +298,7 @@ class PageReader:
         order = self._order(pg, members, lsn)
         request = (SegmentId(self.volume_id, pg), self._epochs_of(pg), page, lsn)
         errors: dict[str, str] = {}
+        stale: list[StaleEpoch] = []
         in_flight: dict[asyncio.Task[tuple[bytes, Lsn]], MemberLike] = {}
         hedges: set[asyncio.Task[tuple[bytes, Lsn]]] = set()
         attempts_max = self.config.attempts_in_flight_max
@@ -331,10 +336,14 @@ class PageReader:
                         # The request is wrong (or a bug): no other segment would do better.
                         raise error
                     errors[member.node] = str(error)
+                    if isinstance(error, StaleEpoch):
+                        stale.append(error)
                 if order and len(in_flight) < attempts_max:
                     # A refusal: try the next segment at once, not after the hedge delay.
                     self.stats.retries += 1
                     self._start(in_flight, order.pop(0), request)
+                elif not in_flight and len(stale) == len(errors):
+                    raise stale[0]
                 elif not in_flight:
                     raise Unavailable(
                         "no segment could serve the page",

@@ -236,8 +236,14 @@ class Recovery:
     Members whose node answered without the segment are created by the shipper
     before it first sends them records; gossip fills them.
 
-    Not handled: PGs in a membership change (segments with different membership
-    epochs) open only if a read quorum agrees on the newest; a node failing
+    0. A PG that a writer left in the middle of a storage node replacement (its
+       newest membership names a second, old member set; membership.py) is first
+       rolled back to the old set at a newer membership epoch: the new node's
+       segment may still be hydrating, and the old set is the one every durable
+       record is on a write quorum of. The replacement is asked for again.
+
+    Members at an older membership epoch than their PG's are left out here and
+    brought to it by the shipper before its first append to them. A node failing
     mid-recovery fails the open when a quorum is lost (retry it).
     Memory is one small object per record above the floor (bounded by the LAL);
     repair streams page by page.
@@ -263,6 +269,8 @@ class Recovery:
         metas = await self._list()
         if not metas:
             raise NotFound("no storage node holds a segment of the volume", volume=self.volume_id)
+        if await self._roll_back_changes(metas):
+            metas = await self._list()
         epoch_old = max(
             meta.volume_epoch for by_node in metas.values() for meta in by_node.values()
         )
@@ -396,6 +404,44 @@ class Recovery:
             records_repaired=self._records_repaired,
         )
 
+    async def _roll_back_changes(self, metas: Mapping[PgIndex, Mapping[str, SegmentMeta]]) -> bool:
+        """Step 0; True when a PG was in a membership change (list the segments again)."""
+        calls = []
+        for pg, by_node in metas.items():
+            epoch = max(meta.membership_epoch for meta in by_node.values())
+            newest = next(meta for meta in by_node.values() if meta.membership_epoch == epoch)
+            if not newest.members_old:
+                continue
+            members = list(newest.members_old)
+            log.warning(
+                "PG left in a membership change: rolled back to its old members",
+                pg=pg,
+                membership_epoch=epoch + 1,
+                members=",".join(member.node for member in members),
+            )
+            for member in members:
+                meta = by_node.get(member.node)
+                if meta is None:
+                    continue
+                calls.append(
+                    self._clients[member.node].set_membership(
+                        SegmentId(self.volume_id, pg),
+                        Epochs(Epoch(meta.volume_epoch), Epoch(epoch + 1)),
+                        meta.first_page,
+                        meta.page_count,
+                        members,
+                        members_old=[],
+                        timeout_s=self._timeout_s,
+                    )
+                )
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, BorealisError):
+                # Left at the older epoch: recovery leaves it out, the shipper repairs it.
+                log.info("membership rollback missed a segment", error=result)
+            elif isinstance(result, BaseException):
+                raise result
+        return bool(calls)
+
     def _sort_segments(
         self, pg: PgIndex, by_node: Mapping[str, SegmentMeta], layout: _PgLayout, epoch_old: int
     ) -> tuple[list[str], dict[str, SegmentMeta]]:
@@ -406,6 +452,9 @@ class Recovery:
         for node, meta in sorted(by_node.items()):
             if node not in member_nodes or meta.membership_epoch != layout.membership_epoch:
                 self._exclude(pg, node, "not a member at the PG's membership epoch")
+            elif meta.hydrating:
+                # Still copying from its peers: SCL 0 and a partial log.
+                self._exclude(pg, node, "hydrating")
             elif meta.volume_epoch == epoch_old:
                 usable.append(node)
             else:
@@ -514,13 +563,14 @@ class Recovery:
         membership_epoch = max(meta.membership_epoch for meta in current)
         newest = [meta for meta in current if meta.membership_epoch == membership_epoch]
         layout = _PgLayout(
-            list(newest[0].members),
+            # A change that could not be rolled back (step 0): the old set.
+            list(newest[0].members_old or newest[0].members),
             Epoch(membership_epoch),
             newest[0].first_page,
             newest[0].page_count,
         )
         for meta in newest:
-            if (meta.members, meta.first_page, meta.page_count) != (
+            if (meta.members_old or meta.members, meta.first_page, meta.page_count) != (
                 layout.members,
                 layout.first_page,
                 layout.page_count,

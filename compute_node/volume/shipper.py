@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from borealis.errors import BorealisError, NotFound, StaleEpoch, Unavailable, WriterFenced
-from borealis.ids import LSN_NONE, Epochs, Lsn, PgIndex, SegmentId, VolumeId
+from borealis.ids import LSN_NONE, Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from compute_node.volume.durability import AckRefused, DurabilityTracker, Waiters
@@ -99,6 +99,8 @@ class ShipperClient(Protocol):
         page_count: int,
         members: list[Member],
         timeout_s: float | None = None,
+        members_old: list[Member] | None = None,
+        hydrate: bool = False,
     ) -> Any: ...
 
     async def state(self, segment_id: SegmentId, timeout_s: float | None = None) -> SegmentMeta: ...
@@ -260,6 +262,9 @@ class _Pg:
         self.segment_id = segment_id
         self.epochs = epochs
         self.members = list(members)
+        # During a membership change, the member set being replaced (see
+        # DurabilityTracker.set_members); empty otherwise.
+        self.members_old: list[Member] = []
         self.first_page = first_page
         self.page_count = page_count
         absent = set(missing)
@@ -365,6 +370,42 @@ class Shipper:
 
     def has_pg(self, pg: PgIndex) -> bool:
         return pg in self._pgs
+
+    def change_members(
+        self,
+        pg: PgIndex,
+        members: Sequence[Member],
+        members_old: Sequence[Member],
+        epochs: Epochs,
+    ) -> None:
+        """Moves a PG to a new membership epoch: `members`, and during a change the
+        set being replaced (`members_old`, empty when the change settles). Requests
+        carry `epochs` from now on; a segment still at the older membership epoch
+        refuses them and is brought to the new one (`_check_epoch`). A segment that
+        joins starts with nothing acknowledged and is sent what is retained; one
+        that leaves is forgotten (late answers are refused by the tracker)."""
+        state = self._pgs[pg]
+        state.epochs = epochs
+        state.members = list(members)
+        state.members_old = list(members_old)
+        nodes = {member.node for member in (*members, *members_old)}
+        kept = {segment.node: segment for segment in state.segments if segment.node in nodes}
+        for segment in state.segments:
+            if segment.node not in nodes and segment.retry_timer is not None:
+                segment.retry_timer.cancel()
+        for member in (*members, *members_old):
+            if member.node not in kept:
+                kept[member.node] = _Segment(member, state.retained_floor, False, False)
+        state.segments = list(kept.values())
+        vdl_before = self.tracker.vdl
+        self.tracker.set_members(
+            pg,
+            [member.node for member in members],
+            [member.node for member in members_old] if members_old else None,
+        )
+        if self.tracker.vdl > vdl_before:
+            self._release()
+        self._pump(state)
 
     # -- the commit path -----------------------------------------------------------------
 
@@ -651,13 +692,17 @@ class Shipper:
 
     async def _recreate(self, state: _Pg, segment: _Segment, client: ShipperClient) -> None:
         """Creates the segment on its node (SetMembership with the PG's current
-        epochs and members); gossip then fills it from its peers."""
+        epochs and members); it hydrates from its peers."""
         await client.set_membership(
             state.segment_id,
             state.epochs,
             state.first_page,
             state.page_count,
             state.members,
+            members_old=state.members_old,
+            # It joins a PG whose peers may have garbage-collected old records: it
+            # copies their page images first (storage_node/hydration.py).
+            hydrate=True,
             timeout_s=self._rpc_timeout_s,
         )
         segment.missing = False
@@ -680,12 +725,23 @@ class Shipper:
                 membership_epoch=epochs.membership,
             )
         if meta.membership_epoch < epochs.membership:
-            # A membership change it missed: not this writer's to repair.
-            raise StaleEpoch(
-                "segment missed a membership change",
-                segment=state.segment_id,
+            # A membership change it missed (it was down, or the change's own call
+            # to it failed): the writer made the change, so it brings it up to date.
+            await client.set_membership(
+                state.segment_id,
+                Epochs(Epoch(meta.volume_epoch), epochs.membership),
+                state.first_page,
+                state.page_count,
+                state.members,
+                members_old=state.members_old,
+                timeout_s=self._rpc_timeout_s,
+            )
+            log.info(
+                "segment brought to the PG's membership",
+                pg=state.pg,
                 node=segment.node,
                 segment_membership_epoch=meta.membership_epoch,
+                membership_epoch=epochs.membership,
             )
         catch_up = self._epoch_catch_up
         truncation = (Lsn(meta.truncated_above_lsn), Lsn(meta.truncated_up_to_lsn))

@@ -72,6 +72,12 @@ class Topology:
                 nodes_by_az={az: [node.node for node in members] for az, members in by_az.items()},
             )
 
+    def replacing(self, old: str, new: Member) -> Topology:
+        """The topology with storage node `old` replaced by `new`: PGs created from
+        now on are placed on it (existing PGs change by membership epochs)."""
+        nodes = [new if node.node == old else node for node in self.nodes]
+        return Topology(self.volume_id, nodes, self.pages_per_pg)
+
     def pg_of(self, page: int) -> PgIndex:
         assert page >= 0, page
         return PgIndex(page // self.pages_per_pg)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -48,7 +48,9 @@ from borealis import redo
 from borealis.errors import (
     AlreadyExists,
     BorealisError,
+    DeadlineExceeded,
     InvalidRequest,
+    NotFound,
     Unavailable,
 )
 from borealis.ids import LSN_NONE, Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
@@ -60,6 +62,7 @@ from compute_node.volume.cache import BufferCache
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.durability import DurabilityTracker
 from compute_node.volume.lsn import LsnAllocator
+from compute_node.volume.membership import HYDRATION_POLL_S, MemberSets, replaced
 from compute_node.volume.reader import PageReader
 from compute_node.volume.recovery import RecoveredVolume, Recovery, list_segments
 from compute_node.volume.shipper import Shipper
@@ -96,7 +99,8 @@ class VolumeObserver(Protocol):
 
     def on_vdl(self, vdl: Lsn) -> None: ...
 
-    def on_pg_added(self, pg: PgIndex, membership_epoch: Epoch, nodes: list[str]) -> None: ...
+    def on_pg_members(self, pg: PgIndex, membership_epoch: Epoch, members: list[Member]) -> None:
+        """A new PG, or a PG whose membership changed: read it from `members`."""
 
 
 @dataclass
@@ -114,6 +118,8 @@ class VolumeStats:
     # (a commit of the page may be newer).
     storage_reads: int = 0
     storage_reads_uncached: int = 0
+    # PGs moved to a replacement storage node (membership changes settled).
+    pgs_moved: int = 0
 
 
 VOLUME_METRICS = (
@@ -125,6 +131,7 @@ VOLUME_METRICS = (
     ("volume_admit_waits_total", "counter", "Commits that waited at the LSN allocation limit."),
     ("volume_pgs_created_total", "counter", "Protection groups created."),
     ("volume_storage_reads_total", "counter", "Page reads from storage (cache misses)."),
+    ("volume_pgs_moved_total", "counter", "PGs moved to a replacement storage node."),
 )
 
 
@@ -160,10 +167,15 @@ class Volume:
         self._lsn_newest = tracker.vdl
         self._page_count = page_count
         self._vdl: Lsn = tracker.vdl
+        # Each PG's members to read from: during a membership change, the new set
+        # and the node being replaced (`_changes` has both sets).
         self._members: dict[PgIndex, list[Member]] = {}
+        self._changes: dict[PgIndex, MemberSets] = {}
         # PGs 0 .. _pg_ready_count - 1 all exist (read by worker threads in admit).
         self._pg_ready_count = 0
         self._pg_lock = asyncio.Lock()
+        # One storage node replacement at a time.
+        self._membership_lock = asyncio.Lock()
         self._page_commit_lsn: list[Lsn] = [LSN_NONE] * PAGE_COMMIT_SLOTS
         self._cache = BufferCache(config.cache_capacity_bytes, vdl=tracker.vdl)
         self._reader = PageReader(
@@ -188,6 +200,7 @@ class Volume:
         self._admit_timeout_s = config.admit_timeout_ms / 1000
         self._closed = False
         self._observers: list[VolumeObserver] = []
+        self._vdl_listeners: list[Callable[[Lsn], None]] = []
         self.stats = VolumeStats()
 
     # -- creating and opening --------------------------------------------------------------
@@ -316,6 +329,8 @@ class Volume:
         new PG); the shipper checks the others before appending to them."""
         self._membership_epoch[pg] = membership_epoch
         self._members[pg] = members
+        for member in members:
+            self._client_of(member)
         first_page = self._topology.first_page(pg)
         self._shipper.add_pg(
             pg,
@@ -327,12 +342,24 @@ class Volume:
             missing,
             checked,
         )
-        for observer in self._observers:
-            observer.on_pg_added(pg, membership_epoch, [member.node for member in members])
+        self._tell_members(pg)
         ready = self._pg_ready_count
         while PgIndex(ready) in self._members:
             ready += 1
         self._pg_ready_count = ready
+
+    def _client_of(self, member: Member) -> StorageClient:
+        """The node's client; a replacement node the cluster config did not list
+        gets one from the address in the PG's membership."""
+        client = self._clients.get(member.node)
+        if client is None:
+            timeout_s = self.config.control_rpc_timeout_ms / 1000
+            client = self._clients[member.node] = StorageClient(member.address, timeout_s=timeout_s)
+        return client
+
+    def _tell_members(self, pg: PgIndex) -> None:
+        for observer in self._observers:
+            observer.on_pg_members(pg, self._membership_epoch[pg], list(self._members[pg]))
 
     async def _ensure_pgs(self, pg_count: int) -> None:
         """Creates PGs 0 .. pg_count - 1 that do not exist yet: SetMembership on the
@@ -539,8 +566,15 @@ class Volume:
         self._cache.set_vdl(vdl)
         for observer in self._observers:
             observer.on_vdl(vdl)
+        for listener in self._vdl_listeners:
+            listener(vdl)
 
     # -- replication (on the loop) -------------------------------------------------------
+
+    def add_vdl_listener(self, listener: Callable[[Lsn], None]) -> None:
+        """Calls `listener(vdl)` on every VDL advance, on the loop (the engine's
+        durable reads follow the VDL with it). Must not block."""
+        self._vdl_listeners.append(listener)
 
     def add_observer(self, observer: VolumeObserver) -> None:
         """Adds a redo stream observer; call before the engine commits (on the loop)."""
@@ -553,11 +587,10 @@ class Volume:
         assert threading.get_ident() == self._loop_thread
         return self._lsn_newest, self._page_count, self._allocator.lsn_last_by_pg()
 
-    def pg_members(self) -> dict[PgIndex, tuple[Epoch, list[str]]]:
-        """Each PG's membership epoch and member node names (on the loop)."""
+    def pg_members(self) -> dict[PgIndex, tuple[Epoch, list[Member]]]:
+        """Each PG's membership epoch and the members to read it from (on the loop)."""
         return {
-            pg: (self._membership_epoch[pg], [member.node for member in members])
-            for pg, members in self._members.items()
+            pg: (self._membership_epoch[pg], list(members)) for pg, members in self._members.items()
         }
 
     @property
@@ -588,6 +621,152 @@ class Volume:
         if failed:
             log.warning("PGMRPL not taken by some segments", failed=len(failed), error=failed[0])
         return len(results) - len(failed)
+
+    # -- storage node replacement (on the loop; see membership.py) --------------------------
+
+    async def replace_node(self, old: str, new: Member, timeout_s: float) -> list[PgIndex]:
+        """Moves every PG with a segment on node `old` to node `new`; returns them
+        once every one has settled on its new member set. Raises DeadlineExceeded
+        when the new segments did not catch up within `timeout_s` (the changes stay
+        in progress; calling again continues them), Unavailable when the new node
+        cannot create its segments."""
+        self._check_open()
+        if old == new.node:
+            raise InvalidRequest("a node cannot replace itself", node=old)
+        deadline_s = self._loop.time() + timeout_s
+        async with self._membership_lock:
+            async with self._pg_lock:
+                # PGs created from now on are placed on the new node.
+                if any(node.node == old for node in self._topology.nodes):
+                    self._topology = self._topology.replacing(old, new)
+                pgs = sorted(
+                    pg
+                    for pg, members in self._members.items()
+                    if any(member.node in (old, new.node) for member in members)
+                )
+                if not pgs:
+                    raise NotFound("no PG has a segment on the node", node=old)
+                for pg in pgs:
+                    if pg not in self._changes and any(m.node == old for m in self._members[pg]):
+                        await self._begin_change(pg, old, new)
+            changing = [pg for pg in pgs if pg in self._changes]
+            targets = {pg: self._tracker.pgcl(pg) for pg in changing}
+            await asyncio.gather(
+                *(self._await_caught_up(pg, new, targets[pg], deadline_s) for pg in changing)
+            )
+            for pg in changing:
+                await self._settle_change(pg)
+        return pgs
+
+    async def _begin_change(self, pg: PgIndex, old: str, new: Member) -> None:
+        """Step 1: the new segment (hydrating), the transitional quorum, epoch e+1."""
+        members_old = self._members[pg]
+        members = replaced(members_old, old, new)
+        epochs = Epochs(self._volume_epoch, Epoch(self._membership_epoch[pg] + 1))
+        await self._client_of(new).set_membership(
+            SegmentId(self.volume_id, pg),
+            epochs,
+            self._topology.first_page(pg),
+            self._topology.pages_per_pg,
+            members,
+            members_old=members_old,
+            hydrate=True,
+            timeout_s=self.config.control_rpc_timeout_ms / 1000,
+        )
+        self._membership_epoch[pg] = epochs.membership
+        self._changes[pg] = MemberSets(members, members_old)
+        # Reads may use the old node while it lives; the new one answers once its
+        # SCL covers the read point.
+        self._members[pg] = [*members, *(m for m in members_old if m.node == old)]
+        self._shipper.change_members(pg, members, members_old, epochs)
+        await self._set_members(pg, members_old, members, members_old)
+        self._tell_members(pg)
+        log.info(
+            "membership change begun",
+            pg=pg,
+            old=old,
+            new=new.node,
+            membership_epoch=epochs.membership,
+        )
+
+    async def _await_caught_up(
+        self, pg: PgIndex, new: Member, target: Lsn, deadline_s: float
+    ) -> None:
+        """Waits until the new segment has hydrated and holds the PG up to `target`."""
+        client = self._client_of(new)
+        segment_id = SegmentId(self.volume_id, pg)
+        timeout_s = self.config.control_rpc_timeout_ms / 1000
+        while True:
+            self._check_open()
+            try:
+                meta = await client.state(segment_id, timeout_s=timeout_s)
+                if not meta.hydrating and meta.scl >= target:
+                    return
+                where = f"hydrating={meta.hydrating} scl={meta.scl}"
+            except BorealisError as error:
+                where = str(error)
+            if self._loop.time() >= deadline_s:
+                raise DeadlineExceeded(
+                    "the new segment has not caught up yet; the change goes on, ask again",
+                    pg=pg,
+                    node=new.node,
+                    target=target,
+                    state=where,
+                )
+            await asyncio.sleep(HYDRATION_POLL_S)
+
+    async def _settle_change(self, pg: PgIndex) -> None:
+        """Step 2: the new member set alone, epoch e+2."""
+        change = self._changes.pop(pg)
+        epochs = Epochs(self._volume_epoch, Epoch(self._membership_epoch[pg] + 1))
+        self._membership_epoch[pg] = epochs.membership
+        self._members[pg] = change.members
+        self._shipper.change_members(pg, change.members, [], epochs)
+        await self._set_members(pg, change.members, change.members, [])
+        self._tell_members(pg)
+        self.stats.pgs_moved += 1
+        log.info(
+            "membership change settled",
+            pg=pg,
+            members=",".join(member.node for member in change.members),
+            membership_epoch=epochs.membership,
+        )
+
+    async def _set_members(
+        self,
+        pg: PgIndex,
+        targets: list[Member],
+        members: list[Member],
+        members_old: list[Member],
+    ) -> None:
+        """SetMembership on `targets` at the PG's epochs. Best effort: a segment
+        that misses it refuses the shipper's next append and is brought up to date
+        then (Shipper._check_epoch)."""
+        segment_id = SegmentId(self.volume_id, pg)
+        epochs = self._epochs_of(pg)
+        timeout_s = self.config.control_rpc_timeout_ms / 1000
+        results = await asyncio.gather(
+            *(
+                self._client_of(member).set_membership(
+                    segment_id,
+                    epochs,
+                    self._topology.first_page(pg),
+                    self._topology.pages_per_pg,
+                    members,
+                    members_old=members_old,
+                    timeout_s=timeout_s,
+                )
+                for member in targets
+            ),
+            return_exceptions=True,
+        )
+        for member, result in zip(targets, results, strict=True):
+            if isinstance(result, BorealisError):
+                log.info(
+                    "segment missed a membership change", pg=pg, node=member.node, error=result
+                )
+            elif isinstance(result, BaseException):
+                raise result
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -682,6 +861,7 @@ class Volume:
             ("volume_admit_waits_total", {}, stats.admit_waits),
             ("volume_pgs_created_total", {}, stats.pgs_created),
             ("volume_storage_reads_total", {}, stats.storage_reads),
+            ("volume_pgs_moved_total", {}, stats.pgs_moved),
         ]
 
     async def close(self) -> None:

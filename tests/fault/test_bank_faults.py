@@ -187,11 +187,6 @@ def test_az_plus_one_down_reads_continue_writes_wait_and_resume(
     check_everywhere(fault_cluster, workload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read on the writer waits until what it could see is durable, so with "
-    "AZ+1 down and commits in flight it waits for the outage to end",
-)
 def test_az_plus_one_down_reads_continue_through_the_writer(
     fault_cluster: FaultCluster, fault_seed: int
 ) -> None:

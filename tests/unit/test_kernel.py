@@ -23,6 +23,7 @@ from borealis.errors import (
     AlreadyExists,
     BorealisError,
     Corruption,
+    DeadlineExceeded,
     FailpointError,
     InvalidRequest,
     NotFound,
@@ -208,6 +209,7 @@ INTENDED_STATUS = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     VersionGone: grpc.StatusCode.OUT_OF_RANGE,
     SnapshotTooOld: grpc.StatusCode.OUT_OF_RANGE,
     SerializationFailure: grpc.StatusCode.ABORTED,
@@ -285,8 +287,9 @@ def test_sqlstates() -> None:
 def test_from_grpc_maps_each_status_back(kind: type[BorealisError]) -> None:
     status = errors.grpc_status_of(kind("x"))
     back = errors.from_grpc(FakeRpcError(status, "server said no"), node="s2")
-    if status is grpc.StatusCode.CANCELLED:
-        # At a client a cancelled call is most often its own deadline: retryable.
+    if status in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # At a client a cancelled or late call is most often its own deadline:
+        # retryable (DeadlineExceeded, the server's own, is an Unavailable too).
         assert type(back) is Unavailable
         return
     # The client gets the most specific kind it can know from the status alone.

@@ -279,7 +279,28 @@ def test_all_refusing_raises_unavailable_with_page_and_lsn() -> None:
     run(scenario())
 
 
-@pytest.mark.parametrize("error", [VersionGone("below PGMRPL"), StaleEpoch("old epoch")])
+def test_stale_epochs_try_the_other_segments_and_are_raised_when_all_refuse() -> None:
+    cluster = FakeCluster()
+    for node in cluster.nodes.values():
+        node.error = StaleEpoch("old epoch")
+
+    async def scenario() -> None:
+        async with cluster.reader() as reader:
+            cluster.note_all(reader)
+            with pytest.raises(StaleEpoch):
+                await reader.read_page(1, Lsn(10))
+            # Every segment was asked: one at a new membership epoch refuses alone.
+            assert sum(cluster.calls().values()) == len(cluster.nodes)
+            first = next(iter(cluster.nodes.values()))
+            for node in cluster.nodes.values():
+                node.error = None
+            first.error = StaleEpoch("membership epoch moved on")
+            assert await reader.read_page(1, Lsn(10)) == (expected_image(1, 10), Lsn(10))
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("error", [VersionGone("below PGMRPL")])
 def test_caller_errors_are_raised_without_trying_others(error: BorealisError) -> None:
     cluster = FakeCluster()
     for node in cluster.nodes.values():

@@ -42,7 +42,7 @@ async def make_replica() -> tuple[ReplicaVolume, list[tuple[Lsn, int]]]:
     nodes = [Member(f"s{i}", f"127.0.0.1:{i}", "az") for i in range(6)]
     replica = ReplicaVolume(VolumeId(1), nodes, VolumeConfig(cache_capacity_bytes=2**20))
     replica.set_volume(Epoch(1), pages_per_pg=100)
-    replica.set_pg(PgIndex(0), Epoch(1), [node.node for node in nodes])
+    replica.set_pg(PgIndex(0), Epoch(1), list(nodes))
     advanced: list[tuple[Lsn, int]] = []
     replica.attach(lambda lsn, count: advanced.append((lsn, count)), lambda: Lsn(0))
     replica.begin(StartPoint(Lsn(10), 3, {PgIndex(0): Lsn(10)}))

@@ -27,6 +27,7 @@ from borealis.errors import (
 )
 from borealis.ids import LSN_NONE, Lsn
 from compute_node.engine import VolumeFile
+from compute_node.engine import sessions as sessions_module
 from compute_node.engine.memory import MemoryPageSource
 from compute_node.engine.sessions import (
     Control,
@@ -242,6 +243,55 @@ def test_a_read_is_released_only_once_what_it_saw_is_durable(writer_reads_max: i
         await reader.execute("COMMIT")
         await insert
         assert engine.stats.statements_reader > 0 or writer_reads_max > 0
+        await engine.close()
+
+    run(test)
+
+
+def test_a_read_waiting_too_long_for_durability_runs_again_at_the_vdl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storage cannot make the newest commits durable (an AZ and one more node
+    down): reads on the writer's engine are answered at the VDL instead of waiting."""
+    monkeypatch.setattr(sessions_module, "DURABLE_READ_AFTER_S", 0.05)
+
+    async def test() -> None:
+        engine, source, durability = await open_engine(automatic=False)
+        state = engine.vfs.state
+        state.start_durable_reads(source.lsn_newest())
+
+        def make_durable() -> None:
+            durability.advance()
+            state.note_vdl(durability.lsn_durable)
+
+        writer, reader = engine.session(), engine.session()
+        setup = asyncio.create_task(writer.execute("CREATE TABLE t(a INTEGER, b BLOB)"))
+        await eventually(lambda: source.lsn_newest() > LSN_NONE)
+        make_durable()
+        await setup
+        insert = asyncio.create_task(writer.execute("INSERT INTO t VALUES(1, zeroblob(10))"))
+        await eventually(lambda: source.lsn_newest() > durability.lsn_durable)
+        make_durable()
+        await insert
+        # Commits that grow the file and change pages, none of them durable.
+        lsn_before = source.lsn_newest()
+        grow = asyncio.create_task(
+            writer.execute(
+                "WITH RECURSIVE n(x) AS (SELECT 2 UNION ALL SELECT x + 1 FROM n WHERE x < 200) "
+                "INSERT INTO t SELECT x, zeroblob(3000) FROM n"
+            )
+        )
+        await eventually(lambda: source.lsn_newest() > lsn_before)
+        assert source.page_count() > state._page_count_vdl
+        # The read sees every acknowledged commit and none of the others.
+        assert (await reader.execute("SELECT count(*), sum(a) FROM t")).rows == [(1, 1)]
+        assert engine.stats.durable_reads == 1
+        assert (await reader.execute("PRAGMA integrity_check")).rows == [("ok",)]
+        assert not grow.done()
+        make_durable()
+        await grow
+        assert (await reader.execute("SELECT count(*) FROM t")).rows == [(200,)]
+        assert engine.stats.durable_reads == 2  # the integrity check above
         await engine.close()
 
     run(test)

@@ -121,6 +121,8 @@ class FakeNode:
         page_count: int,
         members: list[Member],
         timeout_s: float | None = None,
+        members_old: list[Member] | None = None,
+        hydrate: bool = False,
     ) -> None:
         if self.down:
             raise Unavailable("connection refused", node=self.name)
