@@ -37,7 +37,7 @@ from grpc import aio
 
 from borealis import rpc
 from borealis.admin import AdminService
-from borealis.errors import AlreadyExists, InvalidRequest
+from borealis.errors import AlreadyExists, InvalidRequest, WriterFenced
 from borealis.ids import VolumeId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
@@ -64,6 +64,9 @@ log = get_logger("compute_node")
 SERVICE_NAMES = ["borealis.admin.Admin"]
 SERVER_VERSION = "15.8 (Borealis 0.1.0)"
 CONNECTIONS_METRIC = "pg_connections"
+# A fenced writer keeps its connections this long before it exits (see
+# Instance._until_stopped_or_fenced).
+STEP_DOWN_DRAIN_S = 1.0
 
 
 def storage_members(config: ComputeNodeConfig) -> list[Member]:
@@ -146,7 +149,7 @@ class Instance:
             [*SERVICE_NAMES, REPLICATION_SERVICE, MEMBERSHIP_SERVICE], add_services
         )
         heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
-        await until_stopped()
+        fenced = await self._until_stopped_or_fenced(volume)
 
         log.info("instance stopping", name=config.name)
         heartbeats.cancel()
@@ -160,6 +163,26 @@ class Instance:
             await volume.wait_durable(volume.lsn_newest(), self.config.shutdown_grace_ms / 1000)
         await volume.close()
         log.info("instance stopped", name=self.config.name)
+        if fenced is not None:
+            # Exits non-zero: the supervisor starts it again as its config says
+            # (a reader, after a failover).
+            raise fenced
+
+    async def _until_stopped_or_fenced(self, volume: Volume) -> WriterFenced | None:
+        """Waits for SIGTERM/SIGINT, or for storage to fence this writer (a newer
+        writer took over the volume: this one was partitioned or paused). Fenced, it
+        steps down by itself rather than answer 25006 to every write: after a short
+        drain, so that the clients of the commits it failed get their error."""
+        stopped = asyncio.ensure_future(until_stopped())
+        fenced = asyncio.ensure_future(volume.until_fenced())
+        await asyncio.wait({stopped, fenced}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        fenced.cancel()
+        if not fenced.done() or fenced.cancelled():
+            return None
+        log.error("fenced by a newer writer: stepping down", name=self.config.name)
+        await asyncio.sleep(STEP_DOWN_DRAIN_S)
+        return fenced.result()
 
     async def _run_reader(self) -> bool:
         """A reader instance (see the module docstring) until SIGTERM or promotion;

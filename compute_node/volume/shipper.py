@@ -331,6 +331,8 @@ class Shipper:
         self._closed = False
         self._epoch_catch_up = catch_up
         self.fenced: WriterFenced | None = None
+        # Set when fenced: the instance steps down (compute_node/instance.py).
+        self.fenced_event = asyncio.Event()
         self.stats = ShipperStats()
 
     # -- PGs ---------------------------------------------------------------------------
@@ -880,6 +882,7 @@ class Shipper:
             error=error.message,
         )
         log.error("writer fenced", **self.fenced.context)
+        self.fenced_event.set()
         self._cancel_timers()
         self._fail_waiters(self.fenced)
 

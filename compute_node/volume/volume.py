@@ -52,6 +52,7 @@ from borealis.errors import (
     InvalidRequest,
     NotFound,
     Unavailable,
+    WriterFenced,
 )
 from borealis.ids import LSN_NONE, Epoch, Epochs, Lsn, PgIndex, SegmentId, VolumeId
 from borealis.log import get_logger
@@ -570,6 +571,12 @@ class Volume:
             listener(vdl)
 
     # -- replication (on the loop) -------------------------------------------------------
+
+    async def until_fenced(self) -> WriterFenced:
+        """Returns once storage refused this writer for a newer writer's epoch."""
+        await self._shipper.fenced_event.wait()
+        assert self._shipper.fenced is not None
+        return self._shipper.fenced
 
     def add_vdl_listener(self, listener: Callable[[Lsn], None]) -> None:
         """Calls `listener(vdl)` on every VDL advance, on the loop (the engine's

@@ -18,6 +18,7 @@ import pytest
 
 from borealis.errors import WriterFenced
 from borealis.ids import VolumeId
+from borealis.wait import wait_until
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.volume import Volume
 from deploy.local import LocalCluster
@@ -160,6 +161,10 @@ def test_a_partitioned_old_writer_instance_cannot_commit_after_the_new_epoch(
         # SQLSTATE 25006, as PostgreSQL answers a write on a server no longer primary.
         assert session_states, session_states
         assert all(state == "25006" for state in session_states), session_states
+        # It steps down by itself: the process exits (a supervisor would start it
+        # again as a reader).
+        wait_until(lambda: not instance.is_running(), 30, what="the fenced writer exits")
+        assert "stepping down" in instance.log_path.read_text()
         fresh_states = [
             attempt(
                 lambda: connect(writer_cluster),
