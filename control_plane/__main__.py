@@ -1,5 +1,5 @@
 """python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--readers N]
-[--heartbeat-interval-ms MS] [--writer-dead-after-ms MS] ...
+[--heartbeat-interval-ms MS] [--writer-dead-after-ms MS] [--storage-replace-after-s S] ...
 
 Started in the background by `borealis up`. It starts and supervises the cluster's
 processes (storage nodes, the writer, readers, the router), serves gRPC health and
@@ -22,6 +22,11 @@ from borealis import faults, log
 from borealis.errors import BorealisError
 from control_plane.failover import FailoverPolicy, FailoverSettings
 from control_plane.service import ControlPlaneService
+from control_plane.storage_replacement import (
+    REPLACE_AFTER_S_DEFAULT,
+    ReplacementSettings,
+    StorageReplacementPolicy,
+)
 from control_plane.supervisor import Supervisor
 from deploy.local import LocalCluster
 from deploy.ports import PortAllocator, port_is_free
@@ -47,6 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=defaults.writer_dead_after_ms,
         help="a writer with no heartbeat for this long is declared dead",
     )
+    parser.add_argument(
+        "--storage-replace-after-s",
+        type=float,
+        default=REPLACE_AFTER_S_DEFAULT,
+        help="a storage node down this long is replaced (0: never)",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,13 +70,25 @@ def failover_policy(args: argparse.Namespace) -> FailoverPolicy:
     return FailoverPolicy(settings)
 
 
+def replacement_policy(args: argparse.Namespace) -> StorageReplacementPolicy:
+    replace_after_s = args.storage_replace_after_s
+    # Several looks within the limit, never more than one a second.
+    check_interval_s = min(1.0, replace_after_s / 4) if replace_after_s > 0 else 1.0
+    settings = ReplacementSettings(
+        replace_after_s=replace_after_s, check_interval_s=check_interval_s
+    )
+    return StorageReplacementPolicy(settings)
+
+
 def build_cluster(args: argparse.Namespace) -> LocalCluster:
     """The existing cluster in the data directory (same volume, same ports), else a new one."""
+    # Ports after the control plane's own, in order, each test-bound (a reopened
+    # cluster takes new ones, for a new storage node, from there too).
+    ports = PortAllocator(start=args.base_port + 1)
     existing = LocalCluster.reopen(args.data_dir)
     if existing.storage_nodes:
+        existing.ports = ports
         return existing
-    # Ports after the control plane's own, in order, each test-bound.
-    ports = PortAllocator(start=args.base_port + 1)
     return LocalCluster(
         args.data_dir,
         ports=ports,
@@ -101,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         policy = failover_policy(args)
+        replacement = replacement_policy(args)
     except ValueError as error:
-        logger.error("bad failover settings", error=str(error))
+        logger.error("bad failover or storage replacement settings", error=str(error))
         return 2
-    supervisor = Supervisor(build_cluster(args), args.base_port, failover=policy)
+    supervisor = Supervisor(
+        build_cluster(args), args.base_port, failover=policy, replacement=replacement
+    )
     server, servicer = serve(args.base_port, supervisor)
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())

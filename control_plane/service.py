@@ -1,6 +1,6 @@
 """The control plane's gRPC API (proto/control.proto): what `borealis add-reader`,
-`remove-reader`, `endpoint create` and `failover` ask of a running cluster, and the
-instances' heartbeats.
+`remove-reader`, `endpoint create`, `failover` and `replace-storage-node` ask of a
+running cluster, and the instances' heartbeats.
 
 Handlers run on the gRPC server's threads; every change to the cluster goes
 through the Supervisor under its lock, so supervision never sees a half-made change.
@@ -77,6 +77,22 @@ class ControlPlaneService(control_pb2_grpc.ControlPlaneServicer):
             _abort(context, error)
         return control_pb2.FailoverResponse(
             old_writer=old, new_writer=new, switchover_ms=round(switchover_s * 1000)
+        )
+
+    def ReplaceStorageNode(  # noqa: N802
+        self, request: control_pb2.ReplaceStorageNodeRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ReplaceStorageNodeResponse:
+        settings = self._supervisor.replacement.settings
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else settings.replace_timeout_s
+        try:
+            done = self._supervisor.replace_storage_node(request.name, timeout_s)
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.ReplaceStorageNodeResponse(
+            old_node=done.old_node,
+            new_node=done.new_node,
+            pgs=done.pgs,
+            duration_ms=round(done.duration_s * 1000),
         )
 
 

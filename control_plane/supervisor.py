@@ -17,19 +17,37 @@ it, so the router's writer endpoint and the other readers follow. The old writer
 then restarted by ordinary supervision, as a reader. Without a reader the writer is
 restarted in place, as before. A planned switchover (`planned_failover`, the
 Failover RPC) stops the writer cleanly instead and restarts it as a reader at once.
+
+Storage node replacement (`replace_storage_node`, the ReplaceStorageNode RPC, and
+automatically: control_plane/storage_replacement.py decides, a watcher thread acts).
+A new node (a name never used before) starts in the old node's AZ; the writer's
+Membership.ReplaceStorageNode moves every PG with a segment on the old node to it
+(transitional quorum while it hydrates, then the new set alone); then the old node
+is killed, its directory deleted, and cluster.json lists the new set, so every
+process started later uses it. The long wait for the writer runs outside `lock`
+(supervision, failover and other changes go on; the new node is supervised like
+any other once it serves); only the short steps before and after take it. A second
+replacement waits for the first (`_replacing`). A failed one leaves the new node
+running and recorded (cluster.json `storage_replacements`), so a retry reuses it
+and the writer continues the same change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
-from borealis.errors import InvalidRequest, Unavailable
+import grpc
+
+from borealis import rpc
+from borealis.errors import BorealisError, InvalidRequest, Unavailable, from_grpc
 from borealis.log import get_logger
 from borealis.wait import wait_until
+from control_plane import storage_replacement
 from control_plane.failover import (
     READER,
     WRITER,
@@ -38,12 +56,29 @@ from control_plane.failover import (
     Heartbeat,
     InstanceView,
 )
-from deploy.local import InstanceProcess, LocalCluster, NodeProcess
+from control_plane.storage_replacement import Change, Decision, StorageReplacementPolicy
+from deploy.local import InstanceProcess, LocalCluster, NodeProcess, StorageNodeProcess
+from proto import membership_pb2, membership_pb2_grpc
 
 log = get_logger("control_plane.supervisor")
 
 # Recovery and opening the engine; a reader that takes longer is restarted instead.
 PROMOTE_TIMEOUT_S = 30.0
+# The writer answers DEADLINE_EXCEEDED itself when hydration outlasts the timeout it
+# is given; the call's own deadline leaves it this much longer to say so.
+WRITER_RPC_MARGIN_S = 10.0
+# One look at a storage node's gRPC health, at most.
+STORAGE_HEALTH_TIMEOUT_S = 1.0
+# How long the supervision loop waits for the storage watcher at shutdown.
+WATCHER_JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReplacementResult:
+    old_node: str
+    new_node: str
+    pgs: list[int]
+    duration_s: float
 
 
 @dataclass
@@ -68,6 +103,7 @@ class Supervisor:
         interval_s: float = 0.1,
         policy: RestartPolicy | None = None,
         failover: FailoverPolicy | None = None,
+        replacement: StorageReplacementPolicy | None = None,
     ) -> None:
         self.cluster = cluster
         self.control_plane_port = control_plane_port
@@ -83,6 +119,16 @@ class Supervisor:
         # holding `lock` (a promotion waits for the new writer to serve).
         self.heartbeat_lock = threading.Lock()
         self.failovers_total = 0
+        self.replacement = replacement or StorageReplacementPolicy()
+        # Guards `replacement`, for the same reason as `heartbeat_lock`. Taken after
+        # `lock` when both are needed, never before.
+        self.replacement_lock = threading.Lock()
+        # Held for a whole replacement (long: hydration), never together with a wait
+        # for `lock`'s holder: one replacement at a time.
+        self._replacing = threading.Lock()
+        self.replacements_total = 0
+        # The node whose "waiting for a writer" decision was logged last (logged once).
+        self._deferral_logged: str | None = None
         self.cluster.control_plane = {
             "pid": os.getpid(),
             "port": self.control_plane_port,
@@ -105,6 +151,9 @@ class Supervisor:
 
     def run(self) -> None:
         """Supervises until `stopping` is set, then stops every process."""
+        watcher = threading.Thread(target=self._watch_storage, name="storage-watch", daemon=True)
+        if self.replacement.settings.enabled:
+            watcher.start()
         while not self.stopping.wait(self.interval_s):
             with self.lock:
                 changed = self._failover_pass()
@@ -112,8 +161,12 @@ class Supervisor:
                     changed |= self._check(process)
                 if changed:
                     self.write_cluster_file()
-        self.cluster.stop()
-        self.write_cluster_file()
+        if watcher.is_alive():
+            # A replacement in progress fails once its writer stops; not waited for.
+            watcher.join(WATCHER_JOIN_TIMEOUT_S)
+        with self.lock:
+            self.cluster.stop()
+            self.write_cluster_file()
         log.info("cluster stopped")
 
     # -- changes asked through the API (control_plane/service.py) ----------------------
@@ -156,6 +209,169 @@ class Supervisor:
             raise InvalidRequest("an endpoint needs a name and at least one instance")
         with self.lock:
             return self.cluster.create_endpoint(name, instances)
+
+    # -- storage node replacement ------------------------------------------------------------
+
+    def replace_storage_node(
+        self, name: str, timeout_s: float, queue_timeout_s: float | None = None
+    ) -> ReplacementResult:
+        """Replaces storage node `name` by a new node in its AZ (see the module doc).
+        Waits up to `queue_timeout_s` (default: `timeout_s`) for a replacement in
+        progress to finish first. Raises NotFound for an unknown node, Unavailable
+        without a running writer or when the writer's change did not finish in time
+        (the new node stays; a retry continues)."""
+        queue_timeout_s = timeout_s if queue_timeout_s is None else queue_timeout_s
+        if not self._replacing.acquire(timeout=queue_timeout_s):
+            with self.replacement_lock:
+                busy = self.replacement.in_progress
+            raise Unavailable("another storage node replacement is in progress", node=busy)
+        try:
+            return self._replace(name, timeout_s)
+        finally:
+            self._replacing.release()
+
+    def _replace(self, name: str, timeout_s: float) -> ReplacementResult:
+        began = time.monotonic()
+        with self.lock:
+            writer_address, new, registered = self._replacement_target(name)
+        with self.replacement_lock:
+            self.replacement.started(name)
+        succeeded = False
+        try:
+            if not registered:
+                self._start_new_node(name, new)
+            log.info(
+                "replacing storage node",
+                old_node=name,
+                new_node=new.name,
+                az=new.az,
+                address=new.address,
+                writer=writer_address,
+            )
+            pgs = replace_on_writer(writer_address, name, new, timeout_s)
+            with self.lock:
+                self.cluster.remove_storage_node(name)
+                self._history.pop(name, None)
+            succeeded = True
+        finally:
+            with self.replacement_lock:
+                self.replacement.finished(name, succeeded, time.monotonic())
+                self.replacements_total += int(succeeded)
+        result = ReplacementResult(name, new.name, pgs, time.monotonic() - began)
+        log.info(
+            "storage node replaced",
+            old_node=name,
+            new_node=new.name,
+            pgs=len(pgs),
+            seconds=round(result.duration_s, 3),
+        )
+        return result
+
+    def _replacement_target(self, name: str) -> tuple[str, StorageNodeProcess, bool]:
+        """(Under `lock`.) The writer's address, the node to replace `name` with (the
+        one a failed attempt started, else a new one), and whether it is part of the
+        cluster already (else it is still to be started)."""
+        old = self.cluster.node(name)
+        replacing = {new: each for each, new in self.cluster.storage_replacements.items()}
+        if name in replacing:
+            raise InvalidRequest(
+                "the node is the new node of a replacement that has not finished; "
+                "replace the old node again to finish it",
+                node=name,
+                old_node=replacing[name],
+            )
+        writer = self._writer_serving()
+        if writer is None:
+            raise Unavailable("the cluster has no running writer to move the segments", node=name)
+        pending = self.cluster.storage_replacements.get(name)
+        for node in self.cluster.storage_nodes:
+            if node.name == pending:
+                return writer.address, node, True
+        new = self.cluster.new_storage_node(old.az)
+        self.cluster.storage_replacements[name] = new.name
+        return writer.address, new, False
+
+    def _start_new_node(self, old: str, new: StorageNodeProcess) -> None:
+        """Starts the new node outside `lock` (a process start takes a second or two),
+        then makes it part of the cluster; on failure forgets it."""
+        new.state = "starting"
+        try:
+            new.start(wait=True)
+        except BaseException:
+            with self.lock:
+                self.cluster.discard_storage_node(new)
+                self.cluster.storage_replacements.pop(old, None)
+            raise
+        with self.lock:
+            new.state = "running"
+            self.cluster.register_storage_node(new)
+
+    def _writer_serving(self) -> InstanceProcess | None:
+        for instance in self.cluster.instances:
+            if instance.role == WRITER and instance.state == "running" and instance.is_running():
+                return instance
+        return None
+
+    def _watch_storage(self) -> None:
+        """Looks at every storage node each check interval and replaces one that has
+        been down too long (the policy decides)."""
+        settings = self.replacement.settings
+        while not self.stopping.wait(settings.check_interval_s):
+            decision = self._storage_pass()
+            if decision.action is not storage_replacement.Action.REPLACE:
+                continue
+            assert decision.node is not None
+            try:
+                self.replace_storage_node(
+                    decision.node, settings.replace_timeout_s, queue_timeout_s=0
+                )
+            except BorealisError as error:
+                log.warning(
+                    "automatic storage node replacement failed; it is tried again later",
+                    node=decision.node,
+                    retry_after_s=settings.retry_after_s,
+                    error=str(error)[:300],
+                )
+
+    def _storage_pass(self) -> Decision:
+        with self.lock:
+            looks = [(n.name, n.address, n.is_running()) for n in self.cluster.storage_nodes]
+            writer_available = self._writer_serving() is not None
+        up = asyncio.run(storage_nodes_up(looks, STORAGE_HEALTH_TIMEOUT_S))
+        now_s = time.monotonic()
+        # Both locks (always in this order): a node removed since the looks (a
+        # replacement finished meanwhile) must not be observed again after the
+        # policy forgot it, or it would stay "down" there for good.
+        with self.lock, self.replacement_lock:
+            current = {node.name for node in self.cluster.storage_nodes}
+            self.replacement.retain(current)
+            for name, is_up in up.items():
+                if name in current:
+                    self._log_change(name, self.replacement.observe(name, is_up, now_s))
+            decision = self.replacement.decide(now_s, writer_available)
+        self._log_decision(decision)
+        return decision
+
+    def _log_change(self, name: str, change: Change) -> None:
+        if change is Change.WENT_DOWN:
+            log.warning("storage node is down", node=name)
+        elif change is Change.CAME_BACK:
+            log.info("storage node is back", node=name)
+
+    def _log_decision(self, decision: Decision) -> None:
+        waiting = decision.action is storage_replacement.Action.WAIT_FOR_WRITER
+        if decision.action is storage_replacement.Action.REPLACE:
+            log.warning(
+                "replacing a storage node that is down", node=decision.node, reason=decision.reason
+            )
+        elif waiting and self._deferral_logged != decision.node:
+            # Taken again every pass until a writer serves: logged once per node.
+            log.warning(
+                "storage node replacement waits for a writer",
+                node=decision.node,
+                reason=decision.reason,
+            )
+        self._deferral_logged = decision.node if waiting else None
 
     # -- failover ------------------------------------------------------------------------------
 
@@ -331,3 +547,34 @@ class Supervisor:
             self._started(process)
         log.info("process restarted", process=process.name, pid=process.pid)
         return True
+
+
+async def storage_nodes_up(looks: list[tuple[str, str, bool]], timeout_s: float) -> dict[str, bool]:
+    """Whether each (name, address, process running) node is up: its process runs and
+    its gRPC health says SERVING (a hung node's process runs but does not answer)."""
+
+    async def up(address: str, running: bool) -> bool:
+        return running and await rpc.health_status(address, timeout_s) == "SERVING"
+
+    results = await asyncio.gather(*(up(address, running) for _, address, running in looks))
+    return {name: result for (name, _, _), result in zip(looks, results, strict=True)}
+
+
+def replace_on_writer(
+    writer_address: str, old: str, new: StorageNodeProcess, timeout_s: float
+) -> list[int]:
+    """The writer's Membership.ReplaceStorageNode; the PGs that moved."""
+    request = membership_pb2.ReplaceStorageNodeRequest(
+        old_node=old,
+        new_node=new.name,
+        new_address=new.address,
+        new_az=new.az,
+        timeout_ms=round(timeout_s * 1000),
+    )
+    with grpc.insecure_channel(writer_address) as channel:
+        stub = membership_pb2_grpc.MembershipStub(channel)
+        try:
+            response = stub.ReplaceStorageNode(request, timeout=timeout_s + WRITER_RPC_MARGIN_S)
+        except grpc.RpcError as error:
+            raise from_grpc(error, node=old, new_node=new.name, writer=writer_address) from None
+    return list(response.pgs)

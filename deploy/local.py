@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from borealis import config as config_module
 from borealis import metrics, rpc
@@ -96,15 +97,23 @@ class NodeProcess:
             self.wait_serving()
 
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        def serving() -> bool:
+        def serving_or_exited() -> bool:
+            # wait_until retries a check that raises, so an exit must end the wait
+            # by returning: a process that cannot start is known as soon as it exits,
+            # not after the whole timeout (which a caller may wait out under a lock).
             if not self.is_running():
-                raise Unavailable(f"{self.name} exited during start; see {self.log_path}")
+                return True
             return asyncio.run(rpc.health_status(self.address, 1.0)) == "SERVING"
 
         try:
-            wait_until(serving, timeout_s, interval_s=0.1, what=f"{self.name} to serve")
+            wait_until(serving_or_exited, timeout_s, interval_s=0.1, what=f"{self.name} to serve")
         except Unavailable as error:
             raise Unavailable(f"{error}; log tail:\n{self.log_tail()}") from None
+        if not self.is_running():
+            raise Unavailable(
+                f"{self.name} exited during start; see {self.log_path}; log tail:\n"
+                f"{self.log_tail()}"
+            )
 
     def is_running(self) -> bool:
         if self.process is not None:
@@ -255,6 +264,14 @@ class LocalCluster:
         self.custom_endpoints: dict[str, dict[str, Any]] = {}
         # Written into cluster.json by whoever supervises the cluster.
         self.control_plane: dict[str, Any] = {}
+        # The highest storage node number ever given (s1 ...): a new node never takes
+        # the name of one that existed, so a log line or a segment's membership
+        # naming a node means one node.
+        self.storage_number_max = 0
+        # Replacements of storage nodes begun and not finished: old name -> new name.
+        # Kept in cluster.json so that a retry reuses the new node (the writer's
+        # membership change already names it), even across a control plane restart.
+        self.storage_replacements: dict[str, str] = {}
 
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
         values = {"name": name, "az": az, **self.storage_overrides}
@@ -327,6 +344,7 @@ class LocalCluster:
             self.storage_nodes = [
                 self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
             ]
+            self.storage_number_max = max(self.storage_number_max, self.storage_count)
         if self.with_writer and not self.instances:
             self.instances = [self._instance("w1", "writer")]
             self.instances += [
@@ -366,6 +384,101 @@ class LocalCluster:
         reader.state = "running"
         self.write_cluster_file()
         return reader
+
+    def new_storage_node(self, az: str) -> StorageNodeProcess:
+        """A storage node under a name never used before (s7, s8, ...), its config
+        written (the settings of the existing nodes, its own ports), not started and
+        not yet part of the cluster: `register_storage_node` adds it once it serves."""
+        number = max([self.storage_number_max, *self._storage_numbers()]) + 1
+        # A directory left by a node this cluster no longer records keeps its name too.
+        while (self.data_dir / f"s{number}").exists():
+            number += 1
+        self.storage_number_max = number
+        name = f"s{number}"
+        template = self._storage_template()
+        if template is None:
+            return self._storage_node(name, az)
+        ports = {"port": self._port_unused(), "metrics_port": self._port_unused()}
+        config = dataclasses.replace(
+            template, name=name, az=az, data_dir=self.data_dir / name, **ports
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        path = config.data_dir / "storage_node.toml"
+        path.write_text("[storage_node]\n" + config_module.to_toml(config))
+        return self._process_of(config, path)
+
+    def register_storage_node(self, node: StorageNodeProcess) -> None:
+        """Makes a new node (from `new_storage_node`) part of the cluster: cluster.json
+        lists it, so every process that starts from now on knows it."""
+        assert all(each.name != node.name for each in self.storage_nodes), node.name
+        self.storage_nodes.append(node)
+        self.write_cluster_file()
+
+    def add_storage_node(self, az: str) -> StorageNodeProcess:
+        """A new storage node in `az`, started and serving, listed in cluster.json.
+        It holds no segment until a membership change (replace-storage-node) gives it one."""
+        node = self.new_storage_node(az)
+        node.state = "starting"
+        try:
+            node.start()
+        except BaseException:
+            self.discard_storage_node(node)
+            raise
+        node.state = "running"
+        self.register_storage_node(node)
+        return node
+
+    def discard_storage_node(self, node: StorageNodeProcess) -> None:
+        """Kills a new node that did not become part of the cluster and deletes its
+        directory (its name stays used)."""
+        node.stop(immediate=True)
+        node.state = "stopped"
+        shutil.rmtree(node.directory, ignore_errors=True)
+
+    def remove_storage_node(self, name: str, immediate: bool = True) -> None:
+        """Stops a storage node if it runs, forgets it and deletes its directory (its
+        segments), and rewrites cluster.json without it. Only for a node that is in
+        no PG's membership any more (after a replacement): nothing on it is needed,
+        so by default it is killed rather than shut down."""
+        node = self.node(name)
+        node.stop(immediate)
+        node.state = "stopped"
+        self.storage_nodes.remove(node)
+        self.storage_replacements.pop(name, None)
+        shutil.rmtree(node.directory, ignore_errors=True)
+        self.write_cluster_file()
+
+    def _storage_numbers(self) -> list[int]:
+        return [int(node.name[1:]) for node in self.storage_nodes if node.name[1:].isdigit()]
+
+    def _storage_template(self) -> StorageNodeConfig | None:
+        """The config of an existing storage node (whose settings a new one copies:
+        the overrides of a reopened cluster live only in its nodes' files)."""
+        for node in self.storage_nodes:
+            path = node.directory / "storage_node.toml"
+            if path.exists():
+                return config_module.load(StorageNodeConfig, path, table="storage_node")
+        return None
+
+    def _port_unused(self) -> int:
+        """A free port that no process of the cluster is configured with (a stopped
+        node's port is free now, and taken again when it starts)."""
+        taken = self._ports_configured()
+        for _ in range(len(taken) + 1):
+            port = self.ports.allocate()
+            if port not in taken:
+                return port
+        raise AssertionError("the allocator hands out each port once")
+
+    def _ports_configured(self) -> set[int]:
+        urls = [getattr(process, "metrics_url", "") for process in self.processes()]
+        return {
+            *(int(process.address.rsplit(":", 1)[1]) for process in self.processes()),
+            *(port for url in urls if url and (port := urlsplit(url).port)),
+            *(instance.pg_port for instance in self.instances),
+            *self.router_ports.values(),
+            *(endpoint["port"] for endpoint in self.custom_endpoints.values()),
+        }
 
     def remove_instance(self, name: str) -> None:
         """Stops an instance and forgets it (its directory is removed: a reader keeps
@@ -499,6 +612,8 @@ class LocalCluster:
                 }
                 for instance in self.instances
             ],
+            "storage_node_number_max": self.storage_number_max,
+            "storage_replacements": self.storage_replacements,
             "router": self._router_entry(),
             "custom_endpoints": self.custom_endpoints,
             "endpoints": self.endpoints(),
@@ -559,6 +674,7 @@ class LocalCluster:
             config = config_module.load(StorageNodeConfig, config_path, table="storage_node")
             cluster.storage_nodes.append(cluster._process_of(config, config_path))
         cluster.storage_nodes.sort(key=lambda node: int(node.name[1:]))
+        cluster.storage_number_max = max(cluster._storage_numbers(), default=0)
         for config_path in sorted(cluster.data_dir.glob("*/compute_node.toml")):
             config = config_module.load(ComputeNodeConfig, config_path, table="compute_node")
             cluster.instances.append(cluster._instance_of(config, config_path))
@@ -569,7 +685,8 @@ class LocalCluster:
             config = config_module.load(RouterConfig, router_config, table="router")
             cluster.router = cluster._router_of(config, router_config)
             cluster.with_router = True
-        # What only cluster.json records: tiers and custom endpoints.
+        # What only cluster.json records: tiers, custom endpoints, storage node names
+        # given (some of those nodes may be gone) and replacements in progress.
         try:
             document = read_cluster_file(cluster.data_dir)
         except NotFound:
@@ -578,6 +695,15 @@ class LocalCluster:
         for instance in cluster.instances:
             instance.tier = tiers.get(instance.name, instance.tier)
         cluster.custom_endpoints = document.get("custom_endpoints") or {}
+        cluster.storage_number_max = max(
+            cluster.storage_number_max, int(document.get("storage_node_number_max", 0))
+        )
+        names = {node.name for node in cluster.storage_nodes}
+        cluster.storage_replacements = {
+            old: new
+            for old, new in (document.get("storage_replacements") or {}).items()
+            if old in names
+        }
         return cluster
 
     @classmethod

@@ -264,8 +264,18 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             meta.membership_epoch = ref.membership_epoch
             meta.members = members
             meta.members_old = members_old
+            if request.hydrate:
+                # It holds nothing any more: no record of an older epoch to keep out.
+                meta.volume_epoch = ref.volume_epoch
 
-        await self._writer.run(partial(self._store.op_update_meta, segment=segment, change=change))
+        # The writer asks an existing segment to hydrate only when it joins the PG
+        # again after a while out of it (a replacement retried after a rollback).
+        operation = self._store.op_reset_for_hydration if request.hydrate else None
+        await self._writer.run(
+            partial(operation or self._store.op_update_meta, segment=segment, change=change)
+        )
+        if request.hydrate and self.on_hydrating is not None:
+            self.on_hydrating()
         return state_to_proto(segment)
 
     async def _create(

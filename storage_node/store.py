@@ -347,6 +347,33 @@ class SegmentStore:
 
         return publish
 
+    def op_reset_for_hydration(
+        self, txn: lmdb.Transaction, segment: Segment, change: Callable[[SegmentMeta], None]
+    ) -> Publish:
+        """Drops every record and page version of the segment, applies `change` to its
+        meta and marks it hydrating: a segment that rejoins its PG after a while out
+        of it (a replacement retried after a rollback) may hold records that were
+        truncated meanwhile, so it starts over from its peers."""
+        meta = segment.meta
+        prefix = SEGMENT_KEY.pack(meta.volume_id, meta.pg)
+        for db in (self.log_db, self.versions_db):
+            with txn.cursor(db=db) as cursor:
+                found = cursor.set_range(prefix)
+                while found and bytes(cursor.key()[:SEGMENT_KEY_BYTES]) == prefix:
+                    found = cursor.delete()
+        change(meta)
+        meta.scl = meta.highest_lsn = meta.records = meta.record_bytes = 0
+        meta.hydrating = True
+        txn.put(prefix, meta.to_json(), db=self.meta_db)
+        chain = SegmentChain()
+
+        def publish() -> Segment:
+            segment.chain = chain
+            segment.scl = Lsn(0)
+            return segment
+
+        return publish
+
     def op_update_meta(
         self, txn: lmdb.Transaction, segment: Segment, change: Callable[[SegmentMeta], None]
     ) -> Publish:

@@ -36,6 +36,8 @@ UP_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 30.0
 # Adding a reader waits for it to serve; removing one waits for its drain.
 CONTROL_TIMEOUT_S = 120.0
+# How long `replace-storage-node` waits for the new node to hydrate by default.
+REPLACE_TIMEOUT_S_DEFAULT = 120.0
 # Read from each instance's metrics for `status`.
 CONNECTIONS_METRIC = "borealis_instance_pg_connections"
 LAG_METRIC = "borealis_instance_replica_lag_ms"
@@ -77,7 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv.append("--no-writer")
     if args.readers:
         argv += ["--readers", str(args.readers)]
-    for flag in ("heartbeat_interval_ms", "writer_dead_after_ms"):
+    for flag in ("heartbeat_interval_ms", "writer_dead_after_ms", "storage_replace_after_s"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {
@@ -174,9 +176,9 @@ def _control_plane(data_dir: Path) -> control_pb2_grpc.ControlPlaneStub:
     return control_pb2_grpc.ControlPlaneStub(channel)
 
 
-def _call(method: Any, request: Any) -> Any:
+def _call(method: Any, request: Any, timeout_s: float = CONTROL_TIMEOUT_S) -> Any:
     try:
-        return method(request, timeout=CONTROL_TIMEOUT_S)
+        return method(request, timeout=timeout_s)
     except grpc.RpcError as error:
         raise from_grpc(error) from None
 
@@ -215,6 +217,24 @@ def cmd_failover(args: argparse.Namespace) -> int:
     print(
         f"failover done: {done.new_writer} is the writer, {done.old_writer} a reader "
         f"({done.switchover_ms} ms without a writer)"
+    )
+    return 0
+
+
+def cmd_replace_storage_node(args: argparse.Namespace) -> int:
+    """Replaces a storage node by a new one in its AZ while I/O goes on; on a timeout
+    the change stays in progress and running the command again continues it."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    request = control_pb2.ReplaceStorageNodeRequest(
+        name=args.name, timeout_ms=round(args.timeout_s * 1000)
+    )
+    # The control plane also starts the new node and waits for a replacement in
+    # progress to finish first: the call's deadline leaves room for both.
+    done = _call(stub.ReplaceStorageNode, request, args.timeout_s * 2 + CONTROL_TIMEOUT_S)
+    pgs = ",".join(str(pg) for pg in done.pgs) or "none"
+    print(
+        f"storage node {done.old_node} replaced by {done.new_node}: "
+        f"{len(done.pgs)} PGs moved ({pgs}) in {done.duration_ms / 1000:.1f} s"
     )
     return 0
 
@@ -259,10 +279,15 @@ def print_status(data_dir: Path, as_json: bool) -> int:
         pid, port = control_plane.get("pid"), control_plane.get("port")
         print(f"control plane: {running} (pid {pid}, port {port})")
         header = f"{'name':<6} {'role':<8} {'az':<6} {'address':<22} {'pid':>8} {'state':<11} {'health':<12}"
-        print(f"{header} {'segments':>8}")
+        print(f"{header} {'up':<4} {'segments':>8}")
         for node in document["storage_nodes"]:
             shown = str(node["segments"]) if node["segments"] >= 0 else "-"
-            print(_row(node, "storage", node["az"]) + f" {shown:>8}")
+            up = "up" if node["health"] == "SERVING" else "down"
+            print(_row(node, "storage", node["az"]) + f" {up:<4} {shown:>8}")
+        for old, new in (document.get("storage_replacements") or {}).items():
+            print(
+                f"replacement in progress: {old} -> {new} (replace-storage-node {old} continues it)"
+            )
         print()
         print(
             f"{'name':<6} {'role':<8} {'tier':>4} {'lag_ms':>8} {'conns':>6} {'state':<11} "
@@ -337,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--writer-dead-after-ms", type=int, help="silence after which the writer fails over"
     )
+    up.add_argument(
+        "--storage-replace-after-s",
+        type=float,
+        help="a storage node down this long is replaced by a new one (default 600; 0: never)",
+    )
     up.set_defaults(run=cmd_up)
 
     add_reader = commands.add_parser("add-reader", help="start one more reader instance")
@@ -366,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--target", default="", help="the reader to promote (default: best)")
     failover.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     failover.set_defaults(run=cmd_failover)
+
+    replace = commands.add_parser(
+        "replace-storage-node",
+        help="replace a storage node by a new one in its AZ, with no pause in I/O",
+    )
+    replace.add_argument("name", help="the storage node to replace, e.g. s2")
+    replace.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    replace.add_argument(
+        "--timeout-s",
+        type=float,
+        default=REPLACE_TIMEOUT_S_DEFAULT,
+        help="how long to wait for the new node to hydrate (run again to continue)",
+    )
+    replace.set_defaults(run=cmd_replace_storage_node)
 
     down = commands.add_parser("down", help="stop the local cluster")
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

@@ -203,7 +203,8 @@ class Recovery:
        (highest LSN held anywhere - LAL): an old writer never ran more than the
        LAL ahead of its VDL (or of its own allocation floor, the end of an earlier
        truncation range, below which everything surviving was at or below an
-       earlier VDL).
+       earlier VDL), and to the highest PGMRPL a fenced segment reports (storage
+       garbage-collects below it, and everything there is durable).
     4. ReadRecords above the floor on every fenced segment; per record, the
        segments that hold it. `durable_point` walks the volume's backlink chain
        up from the floor: VCL is where a record is missing or held by too few
@@ -333,7 +334,12 @@ class Recovery:
             pg: self._pgcl(by_node, holders_needed[pg], truncation_before)
             for pg, by_node in states.items()
         }
-        floor = Lsn(max(min(pgcls.values()), top - lal, 0))
+        # Storage garbage-collects records below a segment's PGMRPL, so the chain
+        # cannot be walked there; and everything at or below any PGMRPL is durable
+        # (a PGMRPL is at or below a read point some instance used, itself at or
+        # below the VDL of then). A cold PG's low PGCL must not pull the floor under it.
+        pgmrpl = max(meta.pgmrpl for by_node in states.values() for meta in by_node.values())
+        floor = Lsn(max(min(pgcls.values()), top - lal, pgmrpl, 0))
         epochs = {pg: Epochs(epoch_new, layouts[pg].membership_epoch) for pg in states}
         known: dict[Lsn, RecordSeen] = {}
         await self._read_union(states, epochs, floor, Lsn(top), known)

@@ -707,9 +707,22 @@ class Shipper:
             hydrate=True,
             timeout_s=self._rpc_timeout_s,
         )
+        await self.adopt_truncation(client, state.segment_id, state.epochs)
         segment.missing = False
         self.stats.segments_recreated += 1
         log.info("segment created on its node", pg=state.pg, node=segment.node)
+
+    async def adopt_truncation(
+        self, client: ShipperClient, segment_id: SegmentId, epochs: Epochs
+    ) -> None:
+        """Gives a segment this writer created the truncation range of its recovery,
+        which its peers hold: a later epoch check (`_check_epoch`) would otherwise
+        take it for one that missed truncations, and delete what it holds."""
+        catch_up = self._epoch_catch_up
+        if catch_up is not None:
+            await client.set_epoch(
+                segment_id, epochs, truncate=catch_up.truncation, timeout_s=self._rpc_timeout_s
+            )
 
     async def _check_epoch(self, state: _Pg, segment: _Segment, client: ShipperClient) -> None:
         """Brings a segment behind the writer's epoch (or truncation) up to it;

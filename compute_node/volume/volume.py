@@ -380,18 +380,20 @@ class Volume:
         epochs = Epochs(self._volume_epoch, EPOCH_FIRST)
         segment_id = SegmentId(self.volume_id, pg)
         timeout_s = self.config.control_rpc_timeout_ms / 1000
+
+        async def create(client: StorageClient) -> None:
+            await client.set_membership(
+                segment_id,
+                epochs,
+                self._topology.first_page(pg),
+                self._topology.pages_per_pg,
+                members,
+                timeout_s=timeout_s,
+            )
+            await self._shipper.adopt_truncation(client, segment_id, epochs)
+
         results = await asyncio.gather(
-            *(
-                self._clients[member.node].set_membership(
-                    segment_id,
-                    epochs,
-                    self._topology.first_page(pg),
-                    self._topology.pages_per_pg,
-                    members,
-                    timeout_s=timeout_s,
-                )
-                for member in members
-            ),
+            *(create(self._clients[member.node]) for member in members),
             return_exceptions=True,
         )
         errors = {}
@@ -670,8 +672,10 @@ class Volume:
         members_old = self._members[pg]
         members = replaced(members_old, old, new)
         epochs = Epochs(self._volume_epoch, Epoch(self._membership_epoch[pg] + 1))
-        await self._client_of(new).set_membership(
-            SegmentId(self.volume_id, pg),
+        client = self._client_of(new)
+        segment_id = SegmentId(self.volume_id, pg)
+        await client.set_membership(
+            segment_id,
             epochs,
             self._topology.first_page(pg),
             self._topology.pages_per_pg,
@@ -680,6 +684,7 @@ class Volume:
             hydrate=True,
             timeout_s=self.config.control_rpc_timeout_ms / 1000,
         )
+        await self._shipper.adopt_truncation(client, segment_id, epochs)
         self._membership_epoch[pg] = epochs.membership
         self._changes[pg] = MemberSets(members, members_old)
         # Reads may use the old node while it lives; the new one answers once its

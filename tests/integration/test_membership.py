@@ -190,6 +190,22 @@ def test_a_writer_stopping_mid_change_leaves_the_old_members_after_recovery(
         epochs = recovered.membership_epoch_by_pg
         assert {epochs[pg] for pg in pgs_before} == {3}, epochs
         insert_rows(writer, 400, 100)
-        assert digest(writer) == expected_digest(500)
+        # Asked again, the replacement starts over: the new node's segments, out of
+        # their PGs since the rollback, drop what they held and hydrate again.
+        replace_node(writer, seven, timeout_s=60)
+        insert_rows(writer, 500, 100)
+        assert digest(writer) == expected_digest(600)
+    finally:
+        writer.close()
+    # The new node counts: with the old node and two more down, the volume opens,
+    # reads and writes.
+    current = [m for m in members(seven) if m.node != OLD]
+    for name in (OLD, "s1", "s3"):
+        seven.node(name).stop(immediate=True)
+    writer = open_on(loop_thread, current)
+    try:
+        assert digest(writer) == expected_digest(600)
+        insert_rows(writer, 600, 50)
+        assert integrity(writer) == "ok"
     finally:
         writer.close()

@@ -320,3 +320,49 @@ def test_recovery_fails_without_a_read_quorum(
         storage_cluster.node(name).stop(immediate=True)
     with pytest.raises(Unavailable, match="fewer than 3 usable segments"):
         open_writer(loop_thread, storage_cluster)
+
+
+def test_reopen_after_garbage_collection_below_a_cold_pgs_completeness(
+    storage_cluster: LocalCluster, loop_thread: LoopThread
+) -> None:
+    """A PG written only when it was created keeps a low PGCL while storage
+    garbage-collects a busy PG's old records below its PGMRPL: recovery must not walk
+    the chain through the collected records (it would stop there and truncate
+    acknowledged commits)."""
+    writer = Writer.create(loop_thread, storage_cluster)
+    try:
+        create_schema(writer)
+        insert_rows(writer, 0, 1500)  # fills several PGs once: the cold ones
+        assert writer.volume.pg_count >= 3
+        writer.sqlite.execute("CREATE TABLE hot(id INTEGER PRIMARY KEY, n INTEGER)")
+        writer.sqlite.execute("INSERT INTO hot VALUES(1, 0)")
+        for _ in range(200):
+            writer.sqlite.execute("UPDATE hot SET n = n + 1 WHERE id = 1")
+        vdl = writer.volume.wait_durable_blocking(writer.connection.file.lsn_commit_last)
+        # PGMRPL at the VDL (each PG is told its newest record at or below it, as
+        # the publisher does), then GC on every node: the hot PG's old versions and
+        # their records go.
+        shipper = writer.volume.shipper
+        pgs = {
+            PgIndex(pg): shipper.lsn_readable(PgIndex(pg), vdl)
+            for pg in range(writer.volume.pg_count)
+        }
+        assert loop_thread.run(writer.volume.send_pgmrpl(pgs, 5.0)) > 0
+
+        async def collect() -> list[str]:
+            results = []
+            for node in storage_cluster.storage_nodes:
+                async with StorageClient(node.address, 10.0) as client:
+                    results.append(await client.run_task("gc"))
+            return results
+
+        assert any(result.startswith("deleted=") for result in loop_thread.run(collect()))
+    finally:
+        writer.close()
+    writer = open_writer(loop_thread, storage_cluster)
+    try:
+        assert writer.sqlite.execute("SELECT n FROM hot").fetchall() == [(200,)]
+        assert digest(writer) == expected_digest(1500)
+        assert integrity(writer) == "ok"
+    finally:
+        writer.close()
