@@ -378,22 +378,8 @@ class Volume:
 
     async def _create_segments(self, pg: PgIndex, members: list[Member]) -> list[str]:
         epochs = Epochs(self._volume_epoch, EPOCH_FIRST)
-        segment_id = SegmentId(self.volume_id, pg)
-        timeout_s = self.config.control_rpc_timeout_ms / 1000
-
-        async def create(client: StorageClient) -> None:
-            await client.set_membership(
-                segment_id,
-                epochs,
-                self._topology.first_page(pg),
-                self._topology.pages_per_pg,
-                members,
-                timeout_s=timeout_s,
-            )
-            await self._shipper.adopt_truncation(client, segment_id, epochs)
-
         results = await asyncio.gather(
-            *(create(self._clients[member.node]) for member in members),
+            *(self._set_membership(m, pg, epochs, members, created=True) for m in members),
             return_exceptions=True,
         )
         errors = {}
@@ -672,19 +658,9 @@ class Volume:
         members_old = self._members[pg]
         members = replaced(members_old, old, new)
         epochs = Epochs(self._volume_epoch, Epoch(self._membership_epoch[pg] + 1))
-        client = self._client_of(new)
-        segment_id = SegmentId(self.volume_id, pg)
-        await client.set_membership(
-            segment_id,
-            epochs,
-            self._topology.first_page(pg),
-            self._topology.pages_per_pg,
-            members,
-            members_old=members_old,
-            hydrate=True,
-            timeout_s=self.config.control_rpc_timeout_ms / 1000,
+        await self._set_membership(
+            new, pg, epochs, members, members_old, created=True, hydrate=True
         )
-        await self._shipper.adopt_truncation(client, segment_id, epochs)
         self._membership_epoch[pg] = epochs.membership
         self._changes[pg] = MemberSets(members, members_old)
         # Reads may use the old node while it lives; the new one answers once its
@@ -744,6 +720,34 @@ class Volume:
             membership_epoch=epochs.membership,
         )
 
+    async def _set_membership(
+        self,
+        target: Member,
+        pg: PgIndex,
+        epochs: Epochs,
+        members: list[Member],
+        members_old: list[Member] | None = None,
+        created: bool = False,
+        hydrate: bool = False,
+    ) -> None:
+        """SetMembership of the PG's segment on `target`. `created`: the segment is
+        new there (a new PG, or one joining by replacement: `hydrate`, it copies its
+        peers first) and takes this writer's truncation range, as its peers hold it."""
+        client = self._client_of(target)
+        segment_id = SegmentId(self.volume_id, pg)
+        await client.set_membership(
+            segment_id,
+            epochs,
+            self._topology.first_page(pg),
+            self._topology.pages_per_pg,
+            members,
+            members_old=members_old,
+            hydrate=hydrate,
+            timeout_s=self.config.control_rpc_timeout_ms / 1000,
+        )
+        if created:
+            await self._shipper.adopt_truncation(client, segment_id, epochs)
+
     async def _set_members(
         self,
         pg: PgIndex,
@@ -754,22 +758,9 @@ class Volume:
         """SetMembership on `targets` at the PG's epochs. Best effort: a segment
         that misses it refuses the shipper's next append and is brought up to date
         then (Shipper._check_epoch)."""
-        segment_id = SegmentId(self.volume_id, pg)
         epochs = self._epochs_of(pg)
-        timeout_s = self.config.control_rpc_timeout_ms / 1000
         results = await asyncio.gather(
-            *(
-                self._client_of(member).set_membership(
-                    segment_id,
-                    epochs,
-                    self._topology.first_page(pg),
-                    self._topology.pages_per_pg,
-                    members,
-                    members_old=members_old,
-                    timeout_s=timeout_s,
-                )
-                for member in targets
-            ),
+            *(self._set_membership(m, pg, epochs, members, members_old) for m in targets),
             return_exceptions=True,
         )
         for member, result in zip(targets, results, strict=True):

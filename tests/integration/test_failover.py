@@ -34,12 +34,12 @@ import psycopg
 import pytest
 
 from borealis.wait import wait_until
-from control_plane.__main__ import serve
 from control_plane.failover import FailoverPolicy, FailoverSettings
 from control_plane.supervisor import RestartPolicy, Supervisor
 from deploy.local import LocalCluster, pid_alive
 from deploy.ports import PortAllocator
 from tests.conftest import FAST_STORAGE
+from tests.support.supervised import supervised
 
 pytestmark = pytest.mark.integration
 
@@ -178,25 +178,8 @@ def start_running(
     # Restarts quickly after a kill, and no give-up within a test's few kills.
     restarts = RestartPolicy(backoff_initial_s=0.2, restarts_max=20)
     supervisor = Supervisor(cluster, port, policy=restarts, failover=FailoverPolicy(settings))
-    server, _ = serve(port, supervisor)
-    thread = threading.Thread(target=supervisor.run, daemon=True)
-    try:
-        supervisor.start()
-        thread.start()
+    with supervised(cluster, supervisor, port, EXPECTED_ERRORS):
         yield Running(cluster, supervisor, port)
-    finally:
-        supervisor.stopping.set()
-        if thread.is_alive():
-            thread.join(60)
-        server.stop(0)
-        cluster.stop(immediate=True)
-    errors = [
-        f"{each.name}: {line}"
-        for each in cluster.processes()
-        for line in each.error_lines()
-        if not any(expected in line for expected in EXPECTED_ERRORS)
-    ]
-    assert not errors, "unexpected ERROR lines:\n" + "\n".join(errors)
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +42,6 @@ from borealis import rpc
 from borealis.errors import Unavailable
 from borealis.ids import Epochs, PgIndex, SegmentId, VolumeId
 from borealis.wait import wait_until
-from control_plane.__main__ import serve
 from control_plane.storage_replacement import ReplacementSettings, StorageReplacementPolicy
 from control_plane.supervisor import RestartPolicy, Supervisor
 from deploy.local import LocalCluster, StorageNodeProcess
@@ -54,6 +52,7 @@ from storage_node.config import StorageNodeConfig
 from storage_node.segment import SegmentMeta
 from tests.conftest import FAST_STORAGE
 from tests.fault.bank import BankWorkload, check_bank, connector, create_bank
+from tests.support.supervised import supervised
 
 pytestmark = pytest.mark.integration
 
@@ -120,25 +119,8 @@ def start_running(
     supervisor = Supervisor(
         cluster, port, policy=restarts, replacement=StorageReplacementPolicy(settings)
     )
-    server, _ = serve(port, supervisor)
-    thread = threading.Thread(target=supervisor.run, daemon=True)
-    try:
-        supervisor.start()
-        thread.start()
+    with supervised(cluster, supervisor, port, EXPECTED_ERRORS):
         yield Running(cluster, supervisor, port)
-    finally:
-        supervisor.stopping.set()
-        if thread.is_alive():
-            thread.join(60)
-        server.stop(0)
-        cluster.stop(immediate=True)
-    errors = [
-        f"{each.name}: {line}"
-        for each in cluster.processes()
-        for line in each.error_lines()
-        if not any(expected in line for expected in EXPECTED_ERRORS)
-    ]
-    assert not errors, "unexpected ERROR lines:\n" + "\n".join(errors[:40])
 
 
 @pytest.fixture
