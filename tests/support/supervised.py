@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from control_plane.service import serve
+from control_plane.__main__ import serve
 from control_plane.supervisor import Supervisor
 from deploy.local import LocalCluster
 
