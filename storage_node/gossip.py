@@ -17,7 +17,7 @@ from borealis.metrics import Metrics
 from borealis.redo import HEADER
 from storage_node.config import StorageNodeConfig
 from storage_node.peers import PEER_ERRORS, Peers
-from storage_node.segment import Segment
+from storage_node.segment import Segment, SegmentMeta
 from storage_node.service import StorageService
 from storage_node.store import SegmentStore
 
@@ -86,7 +86,7 @@ class Gossip:
         candidates.sort(key=lambda item: (item[1].scl, item[1].highest_lsn), reverse=True)
         filled = 0
         copied_bytes = 0
-        for client, _state, target in candidates:
+        for client, state, target in candidates:
             after = segment.scl
             while copied_bytes < FILL_BYTES_PER_PASS_MAX:
                 try:
@@ -108,6 +108,9 @@ class Gossip:
                     break
                 if not records:
                     break
+                if after == segment.scl and collected_since(records[0], segment.scl, state):
+                    await self._hydrate_again(segment, client.address)
+                    return filled
                 # A read page may hold more records than one append batch may (small
                 # records): append it in batches the node's own checks accept.
                 batch_records_max = self._config.append_batch_records_max
@@ -138,3 +141,24 @@ class Gossip:
             self._metrics.inc("gossip_records_filled_total", filled)
             log.info("gossip filled records", segment=segment.id, records=filled, scl=segment.scl)
         return filled
+
+    async def _hydrate_again(self, segment: Segment, peer: str) -> None:
+        """The segment was away so long that its most complete peer garbage-collected
+        records it lacks: gossip can never complete its chain. It drops what it holds
+        and hydrates from its peers' page images, as a replacement segment does."""
+        log.warning(
+            "segment behind its peers' garbage collection: hydrating it again",
+            segment=segment.id,
+            scl=segment.scl,
+            peer=peer,
+        )
+        await self._service.hydrate_again(segment)
+        self._metrics.inc("gossip_rehydrations_total")
+
+
+def collected_since(first: bytes, scl: int, peer: SegmentMeta) -> bool:
+    """Whether a peer's first record above `scl` shows the records in between gone
+    from that peer: it does not link to `scl`, and `scl` is below the peer's PGMRPL
+    (below which storage garbage-collects). Above the PGMRPL a gap is only records
+    still on their way, which the writer or a later pass delivers."""
+    return HEADER.unpack_from(first)[3] > scl and scl < peer.pgmrpl

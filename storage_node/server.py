@@ -42,6 +42,11 @@ def declare_metrics(metrics: Metrics) -> None:
         ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
         ("pages_read_total", "counter", "GetPage calls answered."),
         ("gossip_records_filled_total", "counter", "Records copied from peers by gossip."),
+        (
+            "gossip_rehydrations_total",
+            "counter",
+            "Segments found behind their peers' garbage collection and hydrated again.",
+        ),
         ("hydration_pages_total", "counter", "Page images copied from peers by hydration."),
         ("hydrations_total", "counter", "New segments that finished hydrating from a peer."),
         ("crc_failures_total", "counter", "Stored records or images that failed their CRC32C."),

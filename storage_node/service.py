@@ -278,6 +278,15 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             self.on_hydrating()
         return state_to_proto(segment)
 
+    async def hydrate_again(self, segment: Segment) -> None:
+        """Drops what the segment holds and hydrates it from its peers, at its
+        epochs and membership (gossip found it behind their garbage collection)."""
+        await self._writer.run(
+            partial(self._store.op_reset_for_hydration, segment=segment, change=lambda _: None)
+        )
+        if self.on_hydrating is not None:
+            self.on_hydrating()
+
     async def _create(
         self,
         request: storage_pb2.SetMembershipRequest,

@@ -27,6 +27,7 @@ from tests.support.storage import (
     close_all,
     create_segment,
     node_metric,
+    page_mismatches,
     run,
     segment_id,
 )
@@ -312,5 +313,45 @@ def test_read_page_images_pages_by_bytes_and_refuses_like_get_page(
                     await client.read_page_images(segment_id(PG), stale, model.lsn)
         finally:
             await close_all(all_clients)
+
+    run(scenario)
+
+
+def test_a_segment_behind_its_peers_garbage_collection_hydrates_again(
+    storage_cluster: LocalCluster,
+) -> None:
+    """A node down while its peers garbage-collect the records it lacks: gossip cannot
+    complete its chain from their logs, so it drops what it holds and hydrates again."""
+    nodes = storage_cluster.storage_nodes
+    model = RedoModel(first_page=0, page_count=MODEL_PAGES, seed=67)
+
+    async def scenario() -> None:
+        everyone = clients(storage_cluster)
+        try:
+            await create_segment(everyone, storage_cluster, PG, 0, PAGE_COUNT)
+            await append_all(everyone, PG, model.records(BATCH_RECORDS))
+            behind, peers = everyone[5], everyone[:5]
+            await asyncio.to_thread(nodes[5].stop, True)
+            for _ in range(5):
+                await append_all(peers, PG, model.records(BATCH_RECORDS))
+            pgmrpl = model.lsn - 5
+            await asyncio.gather(*(c.set_pgmrpl(segment_id(PG), EPOCHS, pgmrpl) for c in peers))
+            await asyncio.gather(*(c.run_task("gc") for c in peers))
+            assert await node_metric(peers[0], "gc_records_deleted_total") > 0
+            await asyncio.to_thread(nodes[5].start)
+
+            async def caught_up() -> bool:
+                state = await behind.state(segment_id(PG))
+                return not state.hydrating and state.scl == model.lsn
+
+            await wait_until_async(caught_up, HYDRATION_TIMEOUT_S, what="hydrated again")
+            assert await node_metric(behind, "gossip_rehydrations_total") == 1
+            assert await node_metric(behind, "hydrations_total") == 1
+            assert (
+                await page_mismatches(behind, PG, model, list(range(MODEL_PAGES)), [model.lsn])
+                == []
+            )
+        finally:
+            await close_all(everyone)
 
     run(scenario)
