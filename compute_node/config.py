@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from compute_node.capacity import BCU_DEFAULT, bcu_problem
+
 ROLES = ("writer", "reader")
 
 
@@ -36,9 +38,16 @@ class ComputeNodeConfig:
     volume_id: int = 1
     # Pages per protection group; fixed when the volume is created.
     pages_per_pg: int = 65536
-    buffer_cache_bytes: int = 256 * 2**20
+    # The capacity the instance starts at, in BCUs (compute_node/capacity.py: 1 BCU =
+    # 128 MiB of buffer cache + 2 reader connections, 0.5 steps within [0.5, 16]). The
+    # control plane changes it at run time (Capacity.SetCapacity); a promoted reader
+    # keeps the capacity it had.
+    capacity_bcu: float = BCU_DEFAULT
+    # Explicit starting sizes instead of those capacity_bcu gives (tests, small
+    # machines). Either holds only until the first SetCapacity, which sets both.
+    buffer_cache_bytes: int | None = None
     # Reading connections (each owned by its own worker thread).
-    reader_connections: int = 2
+    reader_connections: int | None = None
     # How long a commit may wait for a write quorum before it fails.
     commit_timeout_ms: int = 30_000
     # A writer never runs more than this many LSNs ahead of VDL.
@@ -64,5 +73,9 @@ class ComputeNodeConfig:
             "pg_statement_bytes_max",
             "statement_cache_entries",
         ):
-            if getattr(self, field_name) <= 0:
+            value = getattr(self, field_name)
+            if value is not None and value <= 0:
                 raise ValueError(f"{field_name} must be positive")
+        problem = bcu_problem(self.capacity_bcu)
+        if problem is not None:
+            raise ValueError(f"capacity_bcu: {problem}")

@@ -13,6 +13,12 @@ bump, no recovery, no shipping), subscribes to the writer's redo stream
 read point, then opens a read-only engine and serves PostgreSQL; writes get SQLSTATE
 25006 in the SQL layer, and SQLite connections are all read-only underneath.
 
+Both serve the Capacity service (compute_node/capacity.py): the control plane reads
+their load signals and resizes their buffer cache and reader connections in place.
+The instance starts at `capacity_bcu` (unless buffer_cache_bytes or
+reader_connections are set explicitly), and a promoted reader keeps the capacity it
+had.
+
 Both send heartbeats to the control plane once serving (compute_node/replication/
 heartbeat.py). Failover changes an instance's role in its config file (for every
 later start) and promotes the reader in place: on SIGUSR1 a reader stops serving,
@@ -44,6 +50,15 @@ from borealis.metrics import Metrics
 from borealis.pgwire.backend import Startup
 from borealis.pgwire.server import PgServer, ServerSettings, start_server
 from borealis.serving import Serving, until_stopped
+from compute_node.capacity import SERVICE_NAME as CAPACITY_SERVICE
+from compute_node.capacity import (
+    CapacityService,
+    InstanceCapacity,
+    cache_bytes_of,
+    reader_connections_of,
+    start_sampler,
+    stop_sampler,
+)
 from compute_node.config import ComputeNodeConfig
 from compute_node.engine.sessions import Engine
 from compute_node.replication.heartbeat import Heartbeats, Status
@@ -52,16 +67,17 @@ from compute_node.replication.publisher import Publisher, ReplicationService
 from compute_node.replication.replica import ReplicaVolume
 from compute_node.replication.subscriber import Subscription, writer_address_from
 from compute_node.sql.session import InstanceSql, SqlSession
+from compute_node.volume.cache import BufferCache
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.membership import SERVICE_NAME as MEMBERSHIP_SERVICE
 from compute_node.volume.membership import MembershipService
 from compute_node.volume.volume import Volume
-from proto import admin_pb2_grpc, membership_pb2_grpc, replication_pb2_grpc
+from proto import admin_pb2_grpc, capacity_pb2_grpc, membership_pb2_grpc, replication_pb2_grpc
 from storage_node.segment import Member
 
 log = get_logger("compute_node")
 
-SERVICE_NAMES = ["borealis.admin.Admin"]
+SERVICE_NAMES = ["borealis.admin.Admin", CAPACITY_SERVICE]
 SERVER_VERSION = "15.8 (Borealis 0.1.0)"
 CONNECTIONS_METRIC = "pg_connections"
 # A fenced writer keeps its connections this long before it exits (see
@@ -75,19 +91,27 @@ def storage_members(config: ComputeNodeConfig) -> list[Member]:
     return [Member(node["name"], node["address"], node["az"]) for node in document["storage_nodes"]]
 
 
-def volume_config_of(config: ComputeNodeConfig) -> VolumeConfig:
+def volume_config_of(config: ComputeNodeConfig, bcu: float) -> VolumeConfig:
+    """The volume settings for an instance starting at `bcu` BCUs."""
+    cache_bytes = config.buffer_cache_bytes
     return VolumeConfig(
         pages_per_pg=config.pages_per_pg,
         lal_lsns=config.lal_lsns,
-        cache_capacity_bytes=config.buffer_cache_bytes,
+        cache_capacity_bytes=cache_bytes_of(bcu) if cache_bytes is None else cache_bytes,
     )
 
 
-async def open_volume(config: ComputeNodeConfig) -> Volume:
+def readers_at_start(config: ComputeNodeConfig, bcu: float) -> int:
+    """The reader connections of an instance starting at `bcu` BCUs."""
+    readers = config.reader_connections
+    return reader_connections_of(bcu) if readers is None else readers
+
+
+async def open_volume(config: ComputeNodeConfig, bcu: float) -> Volume:
     """Creates the volume if no storage node holds it yet, else reopens it as its writer."""
     volume_id = VolumeId(config.volume_id)
     nodes = storage_members(config)
-    volume_config = volume_config_of(config)
+    volume_config = volume_config_of(config, bcu)
     try:
         return await Volume.create(volume_id, nodes, volume_config)
     except AlreadyExists:
@@ -100,6 +124,9 @@ class Instance:
             raise InvalidRequest("unknown role", role=config.role)
         self.config = config
         self.metrics = Metrics("borealis_instance")
+        # The capacity now: the configured one at start, then what SetCapacity set
+        # (kept across a promotion).
+        self.capacity_bcu = config.capacity_bcu
         self._promote = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -123,12 +150,12 @@ class Instance:
         log.info("promoted: opening the volume as its writer", name=self.config.name)
 
     async def _run_writer(self) -> None:
-        volume = await open_volume(self.config)
+        volume = await open_volume(self.config, self.capacity_bcu)
         volume.register_metrics(self.metrics)
         publisher = Publisher(volume)
         publisher.register_metrics(self.metrics)
         engine = await Engine.open(
-            volume, volume.wait_durable, readers=self.config.reader_connections
+            volume, volume.wait_durable, readers=readers_at_start(self.config, self.capacity_bcu)
         )
         publisher.set_read_point_oldest(engine.vfs.state.read_point_oldest)
         engine.vfs.state.start_durable_reads(volume.vdl)
@@ -136,6 +163,8 @@ class Instance:
         publisher.start()
         log.info("volume open", volume=self.config.volume_id, vdl=volume.vdl, pgs=volume.pg_count)
         postgres = await self._serve_postgres(engine)
+        capacity = self._capacity(volume.cache, engine, postgres)
+        sampler = start_sampler(capacity)
 
         config = self.config
 
@@ -146,13 +175,14 @@ class Instance:
             membership_pb2_grpc.add_MembershipServicer_to_server(MembershipService(volume), server)
 
         serving = await self._serve_grpc(
-            [*SERVICE_NAMES, REPLICATION_SERVICE, MEMBERSHIP_SERVICE], add_services
+            [*SERVICE_NAMES, REPLICATION_SERVICE, MEMBERSHIP_SERVICE], capacity, add_services
         )
         heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
         fenced = await self._until_stopped_or_fenced(volume)
 
         log.info("instance stopping", name=config.name)
         heartbeats.cancel()
+        await stop_sampler(sampler)
         await postgres.close()
         await publisher.close()
         await serving.stop(config.shutdown_grace_ms / 1000)
@@ -189,7 +219,9 @@ class Instance:
         True when it is to go on as the writer."""
         config = self.config
         replica = ReplicaVolume(
-            VolumeId(config.volume_id), storage_members(config), volume_config_of(config)
+            VolumeId(config.volume_id),
+            storage_members(config),
+            volume_config_of(config, self.capacity_bcu),
         )
         replica.register_metrics(self.metrics)
 
@@ -200,18 +232,24 @@ class Instance:
         subscription.register_metrics(self.metrics)
         following = asyncio.ensure_future(subscription.run())
         engine: Engine | None = None
+        capacity: InstanceCapacity | None = None
         promoted = False
         try:
             await subscription.started.wait()
             engine = await Engine.open(
-                replica, _durable_already, readers=config.reader_connections, read_only=True
+                replica,
+                _durable_already,
+                readers=readers_at_start(config, self.capacity_bcu),
+                read_only=True,
             )
             state = engine.vfs.state
             replica.attach(state.advance, state.read_point_oldest)
             subscription.set_read_point_oldest(state.read_point_oldest)
             log.info("reader has a read point", name=config.name, lsn=replica.lsn_applied)
             postgres = await self._serve_postgres(engine)
-            serving = await self._serve_grpc(SERVICE_NAMES)
+            capacity = self._capacity(replica.cache, engine, postgres)
+            sampler = start_sampler(capacity)
+            serving = await self._serve_grpc(SERVICE_NAMES, capacity)
             heartbeats = self._heartbeats(
                 lambda: Status(
                     lsn=replica.lsn_applied,
@@ -222,9 +260,13 @@ class Instance:
             promoted = await self._until_stopped_or_promoted()
             log.info("instance stopping", name=config.name, promoted=promoted)
             heartbeats.cancel()
+            await stop_sampler(sampler)
             await postgres.close()
             await serving.stop(config.shutdown_grace_ms / 1000)
         finally:
+            if capacity is not None:
+                # A promoted reader goes on at the capacity it had.
+                self.capacity_bcu = capacity.bcu
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await following
@@ -258,13 +300,29 @@ class Instance:
         sender = Heartbeats(config.name, config.role, config.cluster_file, status)
         return asyncio.ensure_future(sender.run())
 
+    def _capacity(self, cache: BufferCache, engine: Engine, postgres: PgServer) -> InstanceCapacity:
+        """The instance's capacity at `capacity_bcu`, its metrics registered."""
+        capacity = InstanceCapacity(
+            self.capacity_bcu,
+            self.config.role,
+            cache,
+            engine,
+            lambda: postgres.connection_count,
+        )
+        capacity.register_metrics(self.metrics)
+        return capacity
+
     async def _serve_grpc(
-        self, services: list[str], add: Callable[[aio.Server], None] | None = None
+        self,
+        services: list[str],
+        capacity: InstanceCapacity,
+        add: Callable[[aio.Server], None] | None = None,
     ) -> Serving:
-        """Health, the Admin API, /metrics, and the role's own services (`add`)."""
+        """Health, the Admin API, Capacity, /metrics, and the role's own services (`add`)."""
         config = self.config
         server = rpc.server(16 * 2**20)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.metrics, {}), server)
+        capacity_pb2_grpc.add_CapacityServicer_to_server(CapacityService(capacity), server)
         if add is not None:
             add(server)
         serving = await Serving.start(

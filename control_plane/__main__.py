@@ -1,5 +1,6 @@
 """python -m control_plane --data-dir DIR [--base-port PORT] [--storage-nodes N] [--readers N]
-[--heartbeat-interval-ms MS] [--writer-dead-after-ms MS] [--storage-replace-after-s S] ...
+[--heartbeat-interval-ms MS] [--writer-dead-after-ms MS] [--storage-replace-after-s S]
+[--min-capacity BCU] [--max-capacity BCU] [--min-readers N] [--max-readers N] ...
 
 Started in the background by `borealis up`. It starts and supervises the cluster's
 processes (storage nodes, the writer, readers, the router), serves gRPC health and
@@ -21,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from borealis import faults, log
 from borealis.errors import BorealisError
 from control_plane.failover import FailoverPolicy, FailoverSettings
-from control_plane.service import ControlPlaneService
+from control_plane.metering import start_metering
+from control_plane.scaling import SCALING_FLAGS, ScalingSettings
+from control_plane.service import ControlPlaneAdmin, ControlPlaneService
 from control_plane.storage_replacement import (
     REPLACE_AFTER_S_DEFAULT,
     ReplacementSettings,
@@ -30,7 +33,7 @@ from control_plane.storage_replacement import (
 from control_plane.supervisor import Supervisor
 from deploy.local import LocalCluster
 from deploy.ports import PortAllocator, port_is_free
-from proto import control_pb2_grpc
+from proto import admin_pb2_grpc, control_pb2_grpc, metering_pb2_grpc
 
 logger = log.get_logger("control_plane")
 
@@ -58,7 +61,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=REPLACE_AFTER_S_DEFAULT,
         help="a storage node down this long is replaced (0: never)",
     )
+    # Scaling: unset flags keep what cluster.json has (else the defaults).
+    parser.add_argument("--min-capacity", type=float, help="BCU, 0.5 steps in [0.5, 16]")
+    parser.add_argument("--max-capacity", type=float, help="BCU, 0.5 steps in [0.5, 16]")
+    parser.add_argument("--min-readers", type=int)
+    parser.add_argument("--max-readers", type=int, help="0: reader auto-scaling off")
+    parser.add_argument("--auto-pause-s", type=float, help="stored; pause is not built yet")
+    parser.add_argument(
+        "--scaling-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other scaling setting (control_plane/scaling.py ScalingSettings)",
+    )
     return parser.parse_args(argv)
+
+
+def scaling_settings(args: argparse.Namespace, kept: dict[str, object]) -> ScalingSettings:
+    """The settings kept in cluster.json (else the defaults) with the flags given."""
+    settings = ScalingSettings.from_json(kept)
+    changes: dict[str, object] = {
+        field: getattr(args, flag)
+        for flag, field in SCALING_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    defaults = settings.to_json()
+    for item in args.scaling_set:
+        key, _, text = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"unknown scaling setting {key!r}")
+        changes[key] = _typed(text, defaults[key])
+    return settings.updated(changes)
+
+
+def _typed(text: str, like: object) -> object:
+    if isinstance(like, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, (int, float)):
+        return type(like)(text)
+    return text
 
 
 def failover_policy(args: argparse.Namespace) -> FailoverPolicy:
@@ -108,6 +149,9 @@ def serve(port: int, supervisor: Supervisor) -> tuple[grpc.Server, health.Health
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     control_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(supervisor), server)
+    # Metering samples the cluster in its own thread until the supervisor stops.
+    metering_pb2_grpc.add_MeteringServicer_to_server(start_metering(supervisor), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(ControlPlaneAdmin(supervisor), server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise BorealisError("cannot listen on the control plane port", port=port)
     server.start()
@@ -122,14 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     if not port_is_free(args.base_port):
         logger.error("control plane port is in use", port=args.base_port)
         return 2
+    cluster = build_cluster(args)
     try:
         policy = failover_policy(args)
         replacement = replacement_policy(args)
+        scaling = scaling_settings(args, cluster.scaling)
     except ValueError as error:
-        logger.error("bad failover or storage replacement settings", error=str(error))
+        logger.error("bad failover, storage replacement or scaling settings", error=str(error))
         return 2
     supervisor = Supervisor(
-        build_cluster(args), args.base_port, failover=policy, replacement=replacement
+        cluster, args.base_port, failover=policy, replacement=replacement, scaling=scaling
     )
     server, servicer = serve(args.base_port, supervisor)
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())

@@ -1,6 +1,7 @@
 """The control plane's gRPC API (proto/control.proto): what `borealis add-reader`,
-`remove-reader`, `endpoint create`, `failover` and `replace-storage-node` ask of a
-running cluster, and the instances' heartbeats.
+`remove-reader`, `endpoint create`, `failover`, `replace-storage-node` and
+`scaling` ask of a running cluster, and the instances' heartbeats. Also the
+control plane's Admin.GetMetrics (the scaling decisions as metrics).
 
 Handlers run on the gRPC server's threads; every change to the cluster goes
 through the Supervisor under its lock, so supervision never sees a half-made change.
@@ -8,13 +9,16 @@ through the Supervisor under its lock, so supervision never sees a half-made cha
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from borealis.errors import BorealisError, grpc_status_of
 from borealis.log import get_logger
 from control_plane.failover import READER, WRITER, Heartbeat
+from control_plane.scaling import ScalingEvent, ScalingSettings
 from control_plane.supervisor import Supervisor
-from proto import control_pb2, control_pb2_grpc
+from proto import admin_pb2, admin_pb2_grpc, control_pb2, control_pb2_grpc
 
 log = get_logger("control_plane.service")
 
@@ -94,6 +98,66 @@ class ControlPlaneService(control_pb2_grpc.ControlPlaneServicer):
             pgs=done.pgs,
             duration_ms=round(done.duration_s * 1000),
         )
+
+    def SetScaling(  # noqa: N802
+        self, request: control_pb2.ScalingSettings, context: grpc.ServicerContext
+    ) -> control_pb2.ScalingSettings:
+        changes = settings_changes(request)
+        try:
+            settings = self._supervisor.scaler.set_settings(changes)
+        except (TypeError, ValueError) as error:
+            log.info("scaling settings refused", error=str(error))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return settings_message(settings)
+
+    def GetScalingHistory(  # noqa: N802
+        self, request: control_pb2.GetScalingHistoryRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ScalingHistory:
+        scaler = self._supervisor.scaler
+        events = scaler.history(request.limit, request.instance)
+        return control_pb2.ScalingHistory(
+            events=[event_message(event) for event in events],
+            settings=settings_message(scaler.settings),
+            capacity_bcu=scaler.capacities(),
+        )
+
+
+class ControlPlaneAdmin(admin_pb2_grpc.AdminServicer):
+    """The control plane's Admin: only GetMetrics (the scaling metrics)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def GetMetrics(  # noqa: N802
+        self, request: admin_pb2.GetMetricsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetMetricsResponse:
+        return admin_pb2.GetMetricsResponse(text=self._supervisor.scaler.metrics.render())
+
+
+def settings_changes(request: control_pb2.ScalingSettings) -> dict[str, Any]:
+    """The fields a SetScaling request sets (proto3 optional: unset keeps the value)."""
+    return {
+        field.name: getattr(request, field.name)
+        for field in request.DESCRIPTOR.fields
+        if request.HasField(field.name)
+    }
+
+
+def settings_message(settings: ScalingSettings) -> control_pb2.ScalingSettings:
+    return control_pb2.ScalingSettings(**settings.to_json())
+
+
+def event_message(event: ScalingEvent) -> control_pb2.ScalingEvent:
+    return control_pb2.ScalingEvent(
+        time_unix_s=event.time_unix_s,
+        instance=event.instance,
+        kind=event.kind,
+        from_value=event.from_value,
+        to_value=event.to_value,
+        reason=event.reason,
+        inputs=event.inputs,
+        error=event.error,
+    )
 
 
 def _abort(context: grpc.ServicerContext, error: BorealisError) -> None:

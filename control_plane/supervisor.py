@@ -56,6 +56,7 @@ from control_plane.failover import (
     Heartbeat,
     InstanceView,
 )
+from control_plane.scaling import Scaler, ScalingSettings
 from control_plane.storage_replacement import Change, Decision, StorageReplacementPolicy
 from deploy.local import InstanceProcess, LocalCluster, NodeProcess, StorageNodeProcess
 from proto import membership_pb2, membership_pb2_grpc
@@ -104,6 +105,7 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         failover: FailoverPolicy | None = None,
         replacement: StorageReplacementPolicy | None = None,
+        scaling: ScalingSettings | None = None,
     ) -> None:
         self.cluster = cluster
         self.control_plane_port = control_plane_port
@@ -129,6 +131,13 @@ class Supervisor:
         self.replacements_total = 0
         # The node whose "waiting for a writer" decision was logged last (logged once).
         self._deferral_logged: str | None = None
+        # Automatic scaling (control_plane/scaling.py). Without settings: those kept
+        # in cluster.json, else off (a cluster built in a test scales only if asked).
+        if scaling is None:
+            kept = self.cluster.scaling
+            scaling = ScalingSettings.from_json(kept) if kept else ScalingSettings(enabled=False)
+        self.cluster.scaling = scaling.to_json()
+        self.scaler = Scaler(self, scaling)
         self.cluster.control_plane = {
             "pid": os.getpid(),
             "port": self.control_plane_port,
@@ -154,6 +163,8 @@ class Supervisor:
         watcher = threading.Thread(target=self._watch_storage, name="storage-watch", daemon=True)
         if self.replacement.settings.enabled:
             watcher.start()
+        scaler = threading.Thread(target=self.scaler.run, name="scaling", daemon=True)
+        scaler.start()
         while not self.stopping.wait(self.interval_s):
             with self.lock:
                 changed = self._failover_pass()
@@ -164,6 +175,8 @@ class Supervisor:
         if watcher.is_alive():
             # A replacement in progress fails once its writer stops; not waited for.
             watcher.join(WATCHER_JOIN_TIMEOUT_S)
+        # A reader it is adding stops with the cluster below.
+        scaler.join(WATCHER_JOIN_TIMEOUT_S)
         with self.lock:
             self.cluster.stop()
             self.write_cluster_file()

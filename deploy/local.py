@@ -272,6 +272,9 @@ class LocalCluster:
         # Kept in cluster.json so that a retry reuses the new node (the writer's
         # membership change already names it), even across a control plane restart.
         self.storage_replacements: dict[str, str] = {}
+        # The automatic scaling settings (control_plane/scaling.py ScalingSettings),
+        # kept here so that a restarted control plane keeps them.
+        self.scaling: dict[str, Any] = {}
 
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
         values = {"name": name, "az": az, **self.storage_overrides}
@@ -614,6 +617,7 @@ class LocalCluster:
             ],
             "storage_node_number_max": self.storage_number_max,
             "storage_replacements": self.storage_replacements,
+            "scaling": self.scaling,
             "router": self._router_entry(),
             "custom_endpoints": self.custom_endpoints,
             "endpoints": self.endpoints(),
@@ -704,6 +708,7 @@ class LocalCluster:
             for old, new in (document.get("storage_replacements") or {}).items()
             if old in names
         }
+        cluster.scaling = document.get("scaling") or {}
         return cluster
 
     @classmethod

@@ -64,6 +64,16 @@ class ControlPlaneStub:
                 request_serializer=proto_dot_control__pb2.ReplaceStorageNodeRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.ReplaceStorageNodeResponse.FromString,
                 _registered_method=True)
+        self.SetScaling = channel.unary_unary(
+                '/borealis.control.ControlPlane/SetScaling',
+                request_serializer=proto_dot_control__pb2.ScalingSettings.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.ScalingSettings.FromString,
+                _registered_method=True)
+        self.GetScalingHistory = channel.unary_unary(
+                '/borealis.control.ControlPlane/GetScalingHistory',
+                request_serializer=proto_dot_control__pb2.GetScalingHistoryRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.ScalingHistory.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -117,6 +127,22 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetScaling(self, request, context):
+        """Changes the automatic scaling settings (fields left unset keep their value) and
+        returns them all; persisted in cluster.json. INVALID_ARGUMENT for bounds off the
+        0.5 BCU grid, outside [0.5, 16], or min above max.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetScalingHistory(self, request, context):
+        """The scaling decisions that changed something, newest last (bounded), and the settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +175,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ReplaceStorageNode,
                     request_deserializer=proto_dot_control__pb2.ReplaceStorageNodeRequest.FromString,
                     response_serializer=proto_dot_control__pb2.ReplaceStorageNodeResponse.SerializeToString,
+            ),
+            'SetScaling': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetScaling,
+                    request_deserializer=proto_dot_control__pb2.ScalingSettings.FromString,
+                    response_serializer=proto_dot_control__pb2.ScalingSettings.SerializeToString,
+            ),
+            'GetScalingHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScalingHistory,
+                    request_deserializer=proto_dot_control__pb2.GetScalingHistoryRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.ScalingHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +349,60 @@ class ControlPlane:
             '/borealis.control.ControlPlane/ReplaceStorageNode',
             proto_dot_control__pb2.ReplaceStorageNodeRequest.SerializeToString,
             proto_dot_control__pb2.ReplaceStorageNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetScaling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/SetScaling',
+            proto_dot_control__pb2.ScalingSettings.SerializeToString,
+            proto_dot_control__pb2.ScalingSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScalingHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/GetScalingHistory',
+            proto_dot_control__pb2.GetScalingHistoryRequest.SerializeToString,
+            proto_dot_control__pb2.ScalingHistory.FromString,
             options,
             channel_credentials,
             insecure,

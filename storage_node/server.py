@@ -41,6 +41,7 @@ def declare_metrics(metrics: Metrics) -> None:
         ("fsyncs_total", "counter", "LMDB commits (each one fsync) by the writer thread."),
         ("group_commit_batches_total", "counter", "Write operations folded into those commits."),
         ("pages_read_total", "counter", "GetPage calls answered."),
+        ("append_requests_total", "counter", "AppendRedo calls answered."),
         ("gossip_records_filled_total", "counter", "Records copied from peers by gossip."),
         (
             "gossip_rehydrations_total",

@@ -139,6 +139,8 @@ class StorageService(storage_pb2_grpc.StorageServicer):
             segment, list(request.records), epochs_of(request.segment)
         )
         await faults.apoint("storage.append.before_ack")
+        # A billed write request (control_plane/metering.py); gossip fills are not.
+        self._metrics.inc("append_requests_total")
         return storage_pb2.AppendRedoResponse(scl=scl, highest_lsn=highest, records_new=new)
 
     @handler

@@ -22,9 +22,10 @@ from typing import Any
 import grpc
 
 from borealis import metrics, rpc
-from borealis.cli import sql
+from borealis.cli import cost, sql
 from borealis.errors import BorealisError, NotFound, Unavailable, from_grpc
 from borealis.wait import wait_until
+from control_plane.scaling import SCALING_FLAGS
 from deploy.local import REPO_ROOT, pid_alive, read_cluster_file
 from proto import control_pb2, control_pb2_grpc
 from storage_node.client import StorageClient
@@ -41,6 +42,17 @@ REPLACE_TIMEOUT_S_DEFAULT = 120.0
 # Read from each instance's metrics for `status`.
 CONNECTIONS_METRIC = "borealis_instance_pg_connections"
 LAG_METRIC = "borealis_instance_replica_lag_ms"
+SCALING_SET_FLAGS = {
+    **SCALING_FLAGS,
+    "reader_metric": "reader_metric",
+    "reader_target": "reader_target",
+    "scale_out_cooldown_s": "scale_out_cooldown_s",
+    "scale_in_cooldown_s": "scale_in_cooldown_s",
+    "scale_in_after_s": "scale_in_after_s",
+    "capacity_down_after_s": "capacity_down_after_s",
+    "capacity_up_cooldown_s": "capacity_up_cooldown_s",
+    "capacity_down_cooldown_s": "capacity_down_cooldown_s",
+}
 
 
 def _document(data_dir: Path) -> dict[str, Any] | None:
@@ -79,7 +91,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv.append("--no-writer")
     if args.readers:
         argv += ["--readers", str(args.readers)]
-    for flag in ("heartbeat_interval_ms", "writer_dead_after_ms", "storage_replace_after_s"):
+    for flag in (
+        "heartbeat_interval_ms",
+        "writer_dead_after_ms",
+        "storage_replace_after_s",
+        *SCALING_FLAGS,
+    ):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = {
@@ -239,6 +256,79 @@ def cmd_replace_storage_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaling_set(args: argparse.Namespace) -> int:
+    """Changes the automatic scaling settings (unset flags keep their value)."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    changes = {
+        field: getattr(args, flag)
+        for flag, field in SCALING_SET_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.enabled is not None:
+        changes["enabled"] = args.enabled == "on"
+    settings = _call(stub.SetScaling, control_pb2.ScalingSettings(**changes))
+    print_scaling_settings(settings)
+    return 0
+
+
+def print_scaling_settings(settings: control_pb2.ScalingSettings) -> None:
+    readers = (
+        f"{settings.min_readers}..{settings.max_readers} readers"
+        f" ({settings.reader_metric} per reader, target {settings.reader_target:g})"
+        if settings.max_readers
+        else "reader auto-scaling off (max readers 0)"
+    )
+    pause = (
+        f"auto-pause after {settings.auto_pause_s:g} s"
+        if settings.auto_pause_s
+        else "no auto-pause"
+    )
+    state = "on" if settings.enabled else "off"
+    print(
+        f"scaling {state}: capacity {settings.min_capacity_bcu:g}..{settings.max_capacity_bcu:g}"
+        f" BCU; {readers}; {pause}"
+    )
+
+
+def cmd_scaling_history(args: argparse.Namespace) -> int:
+    """The scaling decisions that changed something, as a table (newest last)."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    request = control_pb2.GetScalingHistoryRequest(limit=args.limit, instance=args.instance)
+    history = _call(stub.GetScalingHistory, request, timeout_s=10.0)
+    if args.json:
+        print(json.dumps([_event_json(event) for event in history.events], indent=2))
+        return 0
+    print_scaling_settings(history.settings)
+    capacities = ", ".join(f"{name} {bcu:g}" for name, bcu in sorted(history.capacity_bcu.items()))
+    print(f"capacity now (BCU): {capacities or '-'}")
+    print()
+    print(f"{'time':<19} {'instance':<10} {'kind':<9} {'from':>5} {'to':>5}  reason / inputs")
+    for event in history.events:
+        moment = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time_unix_s))
+        inputs = " ".join(f"{key}={value:g}" for key, value in sorted(event.inputs.items()))
+        outcome = f"FAILED: {event.error}; " if event.error else ""
+        print(
+            f"{moment:<19} {event.instance:<10} {event.kind:<9} {event.from_value:>5g}"
+            f" {event.to_value:>5g}  {outcome}{event.reason}"
+        )
+        if inputs:
+            print(f"{'':<19} {'':<10} {'':<9} {'':>5} {'':>5}    {inputs}")
+    return 0
+
+
+def _event_json(event: control_pb2.ScalingEvent) -> dict[str, Any]:
+    return {
+        "time_unix_s": event.time_unix_s,
+        "instance": event.instance,
+        "kind": event.kind,
+        "from": event.from_value,
+        "to": event.to_value,
+        "reason": event.reason,
+        "inputs": dict(event.inputs),
+        "error": event.error,
+    }
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     return print_status(Path(args.data_dir).resolve(), as_json=args.json)
 
@@ -367,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="a storage node down this long is replaced by a new one (default 600; 0: never)",
     )
+    add_scaling_bounds(up)
     up.set_defaults(run=cmd_up)
 
     add_reader = commands.add_parser("add-reader", help="start one more reader instance")
@@ -411,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replace.set_defaults(run=cmd_replace_storage_node)
 
+    add_scaling_parser(commands)
+
     down = commands.add_parser("down", help="stop the local cluster")
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     down.set_defaults(run=cmd_down)
@@ -421,7 +514,52 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
 
     sql.add_parser(commands)
+    cost.add_parser(commands)
     return parser
+
+
+def add_scaling_bounds(parser: argparse.ArgumentParser) -> None:
+    """The scaling flags `up` and `scaling set` share (unset: unchanged)."""
+    parser.add_argument(
+        "--min-capacity", type=float, help="BCU (128 MiB cache + 2 SQL readers), 0.5 steps"
+    )
+    parser.add_argument("--max-capacity", type=float, help="BCU, at most 16")
+    parser.add_argument("--min-readers", type=int, help="readers kept at least")
+    parser.add_argument(
+        "--max-readers", type=int, help="readers at most (0: reader auto-scaling off)"
+    )
+    parser.add_argument(
+        "--auto-pause-s", type=float, help="pause an idle cluster after this long (stored only)"
+    )
+
+
+def add_scaling_parser(commands: Any) -> None:
+    scaling = commands.add_parser("scaling", help="automatic capacity and reader scaling")
+    scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True)
+    set_parser = scaling_commands.add_parser("set", help="change the scaling settings")
+    set_parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    add_scaling_bounds(set_parser)
+    set_parser.add_argument("--reader-metric", choices=("connections", "cpu"))
+    set_parser.add_argument(
+        "--reader-target", type=float, help="connections (or cores) per reader to track"
+    )
+    for flag in (
+        "scale_out_cooldown_s",
+        "scale_in_cooldown_s",
+        "scale_in_after_s",
+        "capacity_down_after_s",
+        "capacity_up_cooldown_s",
+        "capacity_down_cooldown_s",
+    ):
+        set_parser.add_argument("--" + flag.replace("_", "-"), type=float)
+    set_parser.add_argument("--enabled", choices=("on", "off"), help="turn the scaling loop on/off")
+    set_parser.set_defaults(run=cmd_scaling_set)
+    history = scaling_commands.add_parser("history", help="the scaling decisions, as a table")
+    history.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    history.add_argument("--limit", type=int, default=50, help="the newest N (0: all kept)")
+    history.add_argument("--instance", default="", help="only this instance's decisions")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(run=cmd_scaling_history)
 
 
 def main(argv: list[str] | None = None) -> int:

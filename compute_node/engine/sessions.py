@@ -58,6 +58,14 @@ admit, SnapshotTooOld) pass through unchanged. As in PostgreSQL, an error inside
 an explicit transaction aborts it: the session refuses every statement but
 ROLLBACK, ROLLBACK TO and COMMIT (which rolls back) with TransactionAborted.
 
+Capacity. The number of reader connections changes at run time (`set_readers`, for
+the instance's capacity, compute_node/capacity.py). New readers open on threads of
+their own and take work once open. A reader to remove is drained: it leaves the
+set that statements and transactions are placed on at once, so it takes no new
+work; the statements already queued on it run to their end, and a transaction
+holding it goes on undisturbed until its session gives the connection back. Then
+its thread closes the connection and ends.
+
 Connection state is per connection, not per session: PRAGMAs that set connection
 options, and TEMP tables, are seen by every session that uses the connection. The
 PostgreSQL layer must not forward session settings as PRAGMAs.
@@ -67,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import queue
 import re
 import threading
@@ -473,6 +482,7 @@ class _Worker:
         self._running: Session | None = None
         self._running_sqlite: apsw.Connection | None = None
         self._stopped: asyncio.Future[None] = loop.create_future()
+        self._stop_sent = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.thread_id = self._thread.ident
@@ -496,7 +506,10 @@ class _Worker:
                 self._running_sqlite.interrupt()
 
     async def stop(self) -> None:
-        self._jobs.put(None)
+        """Ends the thread after the jobs queued before this call (idempotent)."""
+        if not self._stop_sent:
+            self._stop_sent = True
+            self._jobs.put(None)
         await self._stopped
         self._thread.join()
 
@@ -584,6 +597,22 @@ class EngineStats:
     """wait_durable calls (results already known durable skip the call)."""
     durable_reads: int = 0
     """Reads answered at the VDL because their durability wait took too long."""
+    statements_finished: int = 0
+    """Statements answered (results and errors alike) since the engine opened."""
+    readers_added: int = 0
+    readers_drained: int = 0
+    """Reader connections added and drained by set_readers."""
+
+
+class EngineLoad(NamedTuple):
+    """What the engine is doing now, for the capacity signals."""
+
+    active_sessions: int
+    """Sessions running a statement (queued, running, or waiting for durability)."""
+    queued_statements: int
+    """Statements waiting for a connection or behind another job in a worker queue."""
+    statements_total: int
+    """Statements finished since the engine opened."""
 
 
 class Engine:
@@ -602,7 +631,17 @@ class Engine:
         self._jobs_max = jobs_max
         self._writer_reads_max = writer_reads_max
         self._writer: _Worker | None = None
+        # The readers that take new work, and the ones draining (see "Capacity").
         self._readers: list[_Worker] = []
+        self._draining: set[_Worker] = set()
+        # Opens one more reader (set by open()); numbers name the reader threads.
+        self._new_reader: Callable[[str], _Worker] | None = None
+        self._reader_numbers = itertools.count()
+        self._resizing = asyncio.Lock()
+        # Sessions inside a statement, and statements waiting for a connection or
+        # for room in a queue (see load()).
+        self._statements_active = 0
+        self._statements_waiting = 0
         # Sessions waiting for a connection to be given back or a queue to drain;
         # all are woken and look again (few wait at a time: sessions are bounded by
         # the protocol layer's connection limit).
@@ -661,19 +700,24 @@ class Engine:
         def worker(name: str, writable: bool, cache_pages: int) -> _Worker:
             return _Worker(name, writable, connect(writable, cache_pages), loop, engine._wake)
 
-        workers = [worker("sqlite-writer", True, writer_cache_pages)]
+        engine._new_reader = functools.partial(
+            worker, writable=False, cache_pages=reader_cache_pages
+        )
+        writer = worker("sqlite-writer", True, writer_cache_pages)
         try:
             # The writer opens first: it sets the page size of a new volume.
-            await workers[0].submit(lambda connection: None)
-            for index in range(readers):
-                workers.append(worker(f"sqlite-reader-{index}", False, reader_cache_pages))
-            await asyncio.gather(*(each.submit(lambda connection: None) for each in workers))
+            await writer.submit(_opened)
         except BaseException:
-            for each in workers:
-                await each.stop()
+            await writer.stop()
             vfs.unregister()
             raise
-        engine._writer, engine._readers = workers[0], workers[1:]
+        engine._writer = writer
+        try:
+            engine._readers = await engine._open_readers(readers)
+        except BaseException:
+            await writer.stop()
+            vfs.unregister()
+            raise
         return engine
 
     def session(self) -> Session:
@@ -686,6 +730,47 @@ class Engine:
     @property
     def thread_ids(self) -> tuple[int | None, ...]:
         return tuple(worker.thread_id for worker in self._workers())
+
+    @property
+    def readers(self) -> int:
+        """Reader connections taking new work (draining ones are not counted)."""
+        return len(self._readers)
+
+    @property
+    def readers_draining(self) -> int:
+        return len(self._draining)
+
+    def load(self) -> EngineLoad:
+        queued_in_workers = sum(
+            max(0, worker.jobs_queued - 1) for worker in [*self._workers(), *self._draining]
+        )
+        return EngineLoad(
+            active_sessions=self._statements_active,
+            queued_statements=self._statements_waiting + queued_in_workers,
+            statements_total=self.stats.statements_finished,
+        )
+
+    async def set_readers(self, readers: int) -> None:
+        """Opens or drains reader connections until `readers` take new work (see
+        "Capacity" in the module docstring). Returns once new readers are open; a
+        drained reader closes later, when it is idle and no session holds it."""
+        assert readers >= 0, readers
+        async with self._resizing:
+            if self._closed:
+                raise InvalidRequest("the engine is closed")
+            count = len(self._readers)
+            if readers > count:
+                opened = await self._open_readers(readers - count)
+                if self._closed:
+                    for worker in opened:
+                        await worker.stop()
+                    raise InvalidRequest("the engine is closed")
+                self._readers.extend(opened)
+                self.stats.readers_added += len(opened)
+                # Statements waiting for a connection look again.
+                self._wake()
+            elif readers < count:
+                self._drain_readers(count - readers)
 
     async def close(self) -> None:
         """Closes every session (rolling back open transactions), then the
@@ -700,13 +785,49 @@ class Engine:
             await session.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        for worker in reversed(self._workers()):
+        # Every session is closed, so no draining reader is held any more.
+        for worker in [*reversed(self._workers()), *self._draining]:
             await worker.stop()
+        self._draining.clear()
         self.vfs.unregister()
 
     def _workers(self) -> list[_Worker]:
         assert self._writer is not None
         return [self._writer, *self._readers]
+
+    # -- capacity ----------------------------------------------------------------------
+
+    async def _open_readers(self, count: int) -> list[_Worker]:
+        """`count` new reader connections, open; none if any failed to open."""
+        assert self._new_reader is not None
+        workers = [
+            self._new_reader(f"sqlite-reader-{next(self._reader_numbers)}") for _ in range(count)
+        ]
+        try:
+            await asyncio.gather(*(worker.submit(_opened) for worker in workers))
+        except BaseException:
+            for worker in workers:
+                await worker.stop()
+            raise
+        return workers
+
+    def _drain_readers(self, count: int) -> None:
+        """Takes `count` readers out of use, the least busy first: free ones with
+        the shortest queues before ones a transaction holds."""
+        assert 0 < count <= len(self._readers), (count, len(self._readers))
+        by_busy = sorted(self._readers, key=lambda each: (each.owner is not None, each.jobs_queued))
+        for worker in by_busy[:count]:
+            self._readers.remove(worker)
+            self._draining.add(worker)
+            self.stats.readers_drained += 1
+            self._retire_if_free(worker)
+
+    def _retire_if_free(self, worker: _Worker) -> None:
+        """Stops a draining reader once no session holds it. Its stop is queued
+        behind the jobs already queued there, which run to their end first."""
+        if worker in self._draining and worker.owner is None:
+            self._draining.discard(worker)
+            self._spawn(worker.stop())
 
     # -- for sessions ----------------------------------------------------------------
 
@@ -742,9 +863,12 @@ class Engine:
                     return writer
             await self._wait()
 
-    async def _pipeline_reader(self) -> _Worker:
-        """A reader connection to queue an autocommit read on (a durable read)."""
+    async def _pipeline_reader(self) -> _Worker | None:
+        """A reader connection to queue an autocommit read on (a durable read);
+        None if the engine has no reader (all were drained meanwhile)."""
         while (reader := self._reader_free()) is None:
+            if not self._readers:
+                return None
             await self._wait()
         return reader
 
@@ -762,6 +886,7 @@ class Engine:
 
     def _give_back(self, worker: _Worker) -> None:
         worker.owner = None
+        self._retire_if_free(worker)
         self._wake()
 
     async def _wait(self) -> None:
@@ -769,7 +894,11 @@ class Engine:
             raise InvalidRequest("the engine is closed")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        await waiter
+        self._statements_waiting += 1
+        try:
+            await waiter
+        finally:
+            self._statements_waiting -= 1
         if self._closed:
             raise InvalidRequest("the engine is closed")
 
@@ -796,6 +925,11 @@ class Engine:
 
 def _queue_length(worker: _Worker) -> int:
     return worker.jobs_queued
+
+
+def _opened(connection: _Connection) -> None:
+    """The first job of a new worker: returns once its connection is open (a failure
+    to open is raised to it)."""
 
 
 class Session:
@@ -881,17 +1015,27 @@ class Session:
             self.cancel_requested = False
             if self._closed or self._engine._closed:
                 raise InvalidRequest("the session is closed")
-            kind = kind_of(sql)
-            if kind.control is not None and not many:
-                return await self._control(kind.control, sql)
-            if self._failed:
-                raise TransactionAborted(
-                    "current transaction is aborted, commands ignored until end of transaction block"
-                )
-            read = kind.read and not many
-            if not self._transaction and kind.pipelined:
-                return await self._autocommit(sql, params, many, read)
-            return await self._in_transaction(sql, params, many, read)
+            engine = self._engine
+            engine._statements_active += 1
+            try:
+                return await self._dispatch(sql, params, many)
+            finally:
+                engine._statements_active -= 1
+                engine.stats.statements_finished += 1
+
+    async def _dispatch(self, sql: str, params: Params | list[Params], many: bool) -> Result:
+        """Runs one statement; the caller holds the session's lock."""
+        kind = kind_of(sql)
+        if kind.control is not None and not many:
+            return await self._control(kind.control, sql)
+        if self._failed:
+            raise TransactionAborted(
+                "current transaction is aborted, commands ignored until end of transaction block"
+            )
+        read = kind.read and not many
+        if not self._transaction and kind.pipelined:
+            return await self._autocommit(sql, params, many, read)
+        return await self._in_transaction(sql, params, many, read)
 
     async def _control(self, control: Control, sql: str) -> Result:
         if control is Control.BEGIN or control is Control.BEGIN_WRITE:
@@ -969,10 +1113,11 @@ class Session:
             done, _ = await asyncio.wait({waiting}, timeout=DURABLE_READ_AFTER_S)
             if not done:
                 worker = await engine._pipeline_reader()
-                again = await self._queue(worker, sql, params, many, durable_read=True)
-                if not isinstance(again.error, (SnapshotTooOld, _ReadOnly)):
-                    engine.stats.durable_reads += 1
-                    return again
+                if worker is not None:
+                    again = await self._queue(worker, sql, params, many, durable_read=True)
+                    if not isinstance(again.error, (SnapshotTooOld, _ReadOnly)):
+                        engine.stats.durable_reads += 1
+                        return again
             await waiting
             return outcome
         finally:

@@ -199,8 +199,12 @@ class BufferCache:
                 return
 
     def resize(self, capacity_bytes: int) -> None:
-        """Changes the capacity at run time; a shrink evicts down to it (in chunks,
-        giving up the lock between them) as far as pinned pages allow."""
+        """Changes the capacity at run time (the instance's capacity, in BCUs). A
+        shrink evicts pages at or below the VDL, least recently used first, in
+        chunks (giving up the lock between them), down to the new capacity. Pinned
+        pages (above the VDL) are never evicted: if they alone exceed the new
+        capacity, the cache stays over its bound (counted in the over-capacity
+        metrics) until the VDL passes them, and set_vdl then evicts down to it."""
         assert capacity_bytes >= 0, capacity_bytes
         with self._lock:
             self._capacity_bytes = capacity_bytes

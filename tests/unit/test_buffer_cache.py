@@ -272,3 +272,24 @@ def test_metrics_are_rendered() -> None:
     assert samples["borealis_compute_buffer_cache_misses_total"] == 1
     assert samples["borealis_compute_buffer_cache_over_capacity_bytes"] == PAGE_BYTES
     assert samples["borealis_compute_buffer_cache_pinned_bytes"] == 2 * PAGE_BYTES
+
+
+def test_shrink_evicts_only_evictable_pages_lru_first_and_pinned_ones_stay_over_bound() -> None:
+    cache = BufferCache(capacity_bytes=8 * PAGE_BYTES, vdl=Lsn(10))
+    for page in range(4):
+        cache.put(page, image(page), Lsn(page + 1))  # at or below the VDL
+    for page in range(4, 8):
+        cache.put(page, image(page), Lsn(20 + page))  # pinned: above the VDL
+    cache.get(0)  # page 0 is now the most recently used evictable page
+    cache.resize(5 * PAGE_BYTES)
+    # Down to 5 pages: the 3 least recently used evictable ones went, page 0 stayed.
+    assert cache.lru_order() == [0] and cache.stats().evictions == 3
+    cache.resize(2 * PAGE_BYTES)
+    # Nothing evictable left: the 4 pinned pages keep the cache over its bound.
+    assert cache.lru_order() == [] and len(cache) == 4
+    assert cache.stats().over_capacity_bytes == 2 * PAGE_BYTES
+    cache.check_invariants()
+    # Once the VDL passes them they are evictable, and the bound holds again.
+    cache.set_vdl(Lsn(100))
+    assert len(cache) == 2 and cache.stats().over_capacity_bytes == 0
+    cache.check_invariants()

@@ -815,3 +815,165 @@ def test_snapshot_too_old_reaches_the_session_unchanged() -> None:
         await engine.close()
 
     run(test)
+
+
+# -- reader connections at run time (capacity) ------------------------------------------
+
+
+def _reader_threads_alive() -> set[str]:
+    return {thread.name for thread in threading.enumerate() if thread.name.startswith("sqlite-r")}
+
+
+def test_set_readers_adds_connections_that_take_work_at_once() -> None:
+    async def test() -> None:
+        engine, _, _ = await open_engine(readers=1, writer_reads_max=0)
+        setup = engine.session()
+        await create_bank(setup)
+        await engine.set_readers(4)
+        assert engine.readers == 4 and len(engine.thread_ids) == 5
+        assert engine.stats.readers_added == 3
+        # Four read transactions hold the four readers at once.
+        holders = [engine.session() for _ in range(4)]
+        for session in holders:
+            await session.execute("BEGIN")
+            assert await total(session) == ACCOUNTS * BALANCE
+        held = {session._worker for session in holders}
+        assert len(held) == 4 and all(each is not None and not each.writer for each in held)
+        for session in holders:
+            await session.execute("COMMIT")
+        await engine.close()
+
+    run(test)
+
+
+def test_a_drained_reader_finishes_its_transaction_and_queue_then_closes() -> None:
+    async def test() -> None:
+        threads_before = _reader_threads_alive()
+        engine, _, _ = await open_engine(readers=3, writer_reads_max=0)
+        setup = engine.session()
+        await create_bank(setup)
+        # Each reader held by a read transaction.
+        holders = [engine.session() for _ in range(3)]
+        for session in holders:
+            await session.execute("BEGIN")
+            assert await total(session) == ACCOUNTS * BALANCE
+        started = _reader_threads_alive() - threads_before
+        assert len(started) == 3
+        await engine.set_readers(1)
+        assert engine.readers == 1 and engine.readers_draining == 2
+        # Draining interrupts no one: every held transaction goes on and commits.
+        for session in holders:
+            assert await total(session) == ACCOUNTS * BALANCE
+            await session.execute("COMMIT")
+        await eventually(lambda: engine.readers_draining == 0)
+        await eventually(lambda: len(_reader_threads_alive() - threads_before) == 1)
+        assert engine.stats.readers_drained == 2
+        # Work goes on on the one reader left.
+        reader = engine.session()
+        await reader.execute("BEGIN")
+        assert await total(reader) == ACCOUNTS * BALANCE
+        assert reader._worker is not None and not reader._worker.writer
+        await reader.execute("COMMIT")
+        await engine.close()
+        assert not _reader_threads_alive() - threads_before
+
+    run(test)
+
+
+def test_statements_queued_on_a_drained_reader_all_complete() -> None:
+    async def test() -> None:
+        engine, _, _ = await open_engine(readers=4, writer_reads_max=0)
+        setup = engine.session()
+        await create_bank(setup)
+        # Every reader busy with a job that waits for the gate, so the reads queue.
+        gate = threading.Event()
+        blockers = [
+            worker.submit(lambda connection: gate.wait(TIMEOUT_S)) for worker in engine._readers
+        ]
+        sessions = [engine.session() for _ in range(40)]
+        reads = [asyncio.create_task(total(session)) for session in sessions]
+        await eventually(lambda: engine.load().queued_statements == 40)
+        # Every reader but one is drained with its queue full, then the gate opens.
+        await engine.set_readers(1)
+        assert engine.stats.readers_drained == 3
+        gate.set()
+        assert await asyncio.gather(*blockers) == [True] * 4
+        assert await asyncio.gather(*reads) == [ACCOUNTS * BALANCE] * 40
+        await engine.close()
+
+    run(test)
+
+
+def test_bank_keeps_its_total_while_readers_come_and_go() -> None:
+    async def test() -> None:
+        engine, _, durability = await open_engine(automatic=False, readers=2)
+        ticker = asyncio.create_task(durability.ticker())
+        setup = engine.session()
+        await create_bank(setup)
+        stop = asyncio.Event()
+
+        async def client(index: int) -> int:
+            session = engine.session()
+            rng = random.Random(index)
+            rounds = 0
+            while not stop.is_set():
+                source_id, target_id = rng.sample(range(ACCOUNTS), 2)
+                await session.execute("BEGIN")
+                assert await total(session) == ACCOUNTS * BALANCE
+                await session.execute("COMMIT")
+                await session.execute("BEGIN IMMEDIATE")
+                await session.execute(
+                    "UPDATE account SET balance = balance - 1 WHERE id = ?", (source_id,)
+                )
+                await session.execute(
+                    "UPDATE account SET balance = balance + 1 WHERE id = ?", (target_id,)
+                )
+                await session.execute("COMMIT")
+                assert await total(session) == ACCOUNTS * BALANCE
+                rounds += 1
+            await session.close()
+            return rounds
+
+        clients = [asyncio.create_task(client(index)) for index in range(8)]
+        for readers in (4, 0, 3, 1, 6, 2):
+            await engine.set_readers(readers)
+            assert engine.readers == readers
+            await asyncio.sleep(0.05)
+        stop.set()
+        rounds = await asyncio.gather(*clients)
+        assert all(count > 0 for count in rounds), rounds
+        assert await total(setup) == ACCOUNTS * BALANCE
+        await eventually(lambda: engine.readers_draining == 0)
+        ticker.cancel()
+        await engine.close()
+
+    run(test)
+
+
+def test_load_counts_active_sessions_queued_statements_and_finished_ones() -> None:
+    async def test() -> None:
+        engine, _, durability = await open_engine(automatic=False, readers=1)
+        session = engine.session()
+        assert engine.load() == (0, 0, 0)
+        creating = asyncio.create_task(session.execute("CREATE TABLE t(a INTEGER)"))
+        # The CREATE waits for durability: its session is active.
+        await eventually(lambda: engine.load().active_sessions == 1)
+        holder, waiter = engine.session(), engine.session()
+        durability.advance()
+        await creating
+        await holder.execute("BEGIN IMMEDIATE")
+        inserting = asyncio.create_task(holder.execute("INSERT INTO t VALUES(1)"))
+        # A write waits for the writer that the open transaction holds: queued.
+        waiting = asyncio.create_task(waiter.execute("INSERT INTO t VALUES(2)"))
+        await eventually(lambda: engine.load().queued_statements == 1)
+        durability.automatic = True
+        durability.advance()
+        await inserting
+        await holder.execute("COMMIT")
+        await waiting
+        load = engine.load()
+        assert load.active_sessions == 0 and load.queued_statements == 0
+        assert load.statements_total == 5
+        await engine.close()
+
+    run(test)
