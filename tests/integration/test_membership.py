@@ -113,7 +113,9 @@ def test_a_live_node_is_replaced_while_rows_are_written(
             assert OLD not in {m.node for m in meta.members} and NEW in {
                 m.node for m in meta.members
             }
-        assert writer.volume.stats.pgs_moved == len(pgs_on_old)
+        # PGs created while the change began may be moved too, or placed on the
+        # new node from the start.
+        assert len(pgs_on_old) <= writer.volume.stats.pgs_moved <= len(pgs)
     finally:
         writer.close()
     # The old node goes away; the volume reopens on the new set, and the new node
