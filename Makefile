@@ -62,6 +62,7 @@ bench: install system-deps
 	$(BIN)/python bench/pgbench_compare.py --quick
 	$(BIN)/python bench/replica_lag.py --quick
 	$(BIN)/python bench/failover.py --quick
+	$(BIN)/python bench/autoscale.py --quick
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,6 +15,10 @@ drains reader connections (a draining connection takes no new work and closes on
 its queued statements ran and no transaction holds it, see
 compute_node/engine/sessions.py). Nothing restarts and no client connection drops.
 
+Hot pages. HotPages lists the instance's hottest cached pages (BufferCache.hot_pages);
+a new reader asks its writer for them and prewarms its own cache before it serves
+(`fetch_hot_pages`, compute_node/replication/replica.py ReplicaVolume.prewarm).
+
 Signals. Every second the instance samples its CPU time from /proc/self/stat
 (utime + stime, in clock ticks) and its cache's hit and miss counters; the CPU
 fraction and hit ratio over that second are what GetCapacity reports, with the
@@ -34,12 +38,13 @@ from pathlib import Path
 
 from grpc import aio
 
+from borealis import rpc
 from borealis.errors import InvalidRequest
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from borealis.rpc import handler
 from compute_node.engine.sessions import Engine
-from compute_node.volume.cache import BufferCache
+from compute_node.volume.cache import HOT_PAGES_MAX, BufferCache
 from proto import capacity_pb2, capacity_pb2_grpc
 
 log = get_logger("capacity")
@@ -55,6 +60,9 @@ BCU_DEFAULT = 1.0
 # One step's share of the unit: 64 MiB and 1 reader connection.
 STEP_CACHE_BYTES = int(BCU_CACHE_BYTES * BCU_STEP)
 STEP_READER_CONNECTIONS = int(BCU_READER_CONNECTIONS * BCU_STEP)
+
+# A HotPages answer holds at most HOT_PAGES_MAX varints of up to 10 bytes each.
+HOT_PAGES_MESSAGE_BYTES_MAX = 1 * 2**20
 
 # The signals are rates over this window (the control plane polls every second).
 SAMPLE_INTERVAL_S = 1.0
@@ -254,6 +262,10 @@ class InstanceCapacity:
             role=self.role,
         )
 
+    def hot_pages(self, pages_max: int) -> list[int]:
+        """The cache's hottest pages, at most `pages_max` (clamped to HOT_PAGES_MAX)."""
+        return self._cache.hot_pages(min(pages_max, HOT_PAGES_MAX))
+
     def register_metrics(self, metrics: Metrics) -> None:
         for name, kind, help_text in CAPACITY_METRICS:
             metrics.declare(name, kind, help_text)
@@ -279,6 +291,23 @@ def start_sampler(capacity: InstanceCapacity) -> asyncio.Task[None]:
     return asyncio.ensure_future(capacity.run_sampler())
 
 
+async def fetch_hot_pages(address: str, pages_max: int, timeout_s: float) -> list[int]:
+    """The hottest cached pages of the instance at `address` (its HotPages), at most
+    `pages_max`; raises a BorealisError if it cannot answer within `timeout_s`."""
+    assert 0 <= pages_max <= HOT_PAGES_MAX, pages_max
+    async with rpc.channel(address, HOT_PAGES_MESSAGE_BYTES_MAX) as channel:
+        response = await rpc.call(
+            capacity_pb2_grpc.CapacityStub(channel).HotPages(
+                capacity_pb2.HotPagesRequest(max_pages=pages_max), timeout=timeout_s
+            ),
+            address=address,
+        )
+    pages = list(response.pages)
+    # The server clamps as this side does: a longer answer is a broken peer.
+    assert len(pages) <= pages_max, (len(pages), pages_max)
+    return pages
+
+
 async def stop_sampler(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -301,3 +330,11 @@ class CapacityService(capacity_pb2_grpc.CapacityServicer):
         self, request: capacity_pb2.GetCapacityRequest, context: aio.ServicerContext
     ) -> capacity_pb2.CapacityState:
         return self._capacity.state()
+
+    @handler
+    async def HotPages(
+        self, request: capacity_pb2.HotPagesRequest, context: aio.ServicerContext
+    ) -> capacity_pb2.HotPagesResponse:
+        # Built under the cache's lock in one go: HOT_PAGES_MAX bounds it to a few
+        # milliseconds of the event loop.
+        return capacity_pb2.HotPagesResponse(pages=self._capacity.hot_pages(request.max_pages))

@@ -57,6 +57,13 @@ class ComputeNodeConfig:
     # A reader's writer: its gRPC host:port. Empty: the writer named in the cluster
     # file (instances[role=writer].address), looked up again at each resubscription.
     writer_address: str = ""
+    # A new reader prewarms its buffer cache before it serves: it asks the writer
+    # for its hottest pages (as many as its own cache holds) and reads them from
+    # storage, `prewarm_concurrency` at a time, for at most `prewarm_timeout_ms`
+    # (then it serves with what it has read).
+    prewarm: bool = True
+    prewarm_timeout_ms: int = 5000
+    prewarm_concurrency: int = 8
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -72,6 +79,8 @@ class ComputeNodeConfig:
             "pg_connections_max",
             "pg_statement_bytes_max",
             "statement_cache_entries",
+            "prewarm_timeout_ms",
+            "prewarm_concurrency",
         ):
             value = getattr(self, field_name)
             if value is not None and value <= 0:

@@ -11,7 +11,10 @@ A reader (`--role reader`) opens the same volume read-only (ReplicaVolume: no ep
 bump, no recovery, no shipping), subscribes to the writer's redo stream
 (`writer_address`, or the writer named in the cluster file), waits until it has a
 read point, then opens a read-only engine and serves PostgreSQL; writes get SQLSTATE
-25006 in the SQL layer, and SQLite connections are all read-only underneath.
+25006 in the SQL layer, and SQLite connections are all read-only underneath. Before
+it serves (PostgreSQL, health SERVING, heartbeats) it prewarms its buffer cache with
+the writer's hottest pages (Capacity.HotPages, as many as its own cache holds), for
+at most `prewarm_timeout_ms`; the `prewarm` switch turns this off.
 
 Both serve the Capacity service (compute_node/capacity.py): the control plane reads
 their load signals and resizes their buffer cache and reader connections in place.
@@ -43,18 +46,20 @@ from grpc import aio
 
 from borealis import rpc
 from borealis.admin import AdminService
-from borealis.errors import AlreadyExists, InvalidRequest, WriterFenced
+from borealis.errors import AlreadyExists, BorealisError, InvalidRequest, WriterFenced
 from borealis.ids import VolumeId
 from borealis.log import get_logger
 from borealis.metrics import Metrics
 from borealis.pgwire.backend import Startup
 from borealis.pgwire.server import PgServer, ServerSettings, start_server
+from borealis.redo import PAGE_SIZE_BYTES
 from borealis.serving import Serving, until_stopped
 from compute_node.capacity import SERVICE_NAME as CAPACITY_SERVICE
 from compute_node.capacity import (
     CapacityService,
     InstanceCapacity,
     cache_bytes_of,
+    fetch_hot_pages,
     reader_connections_of,
     start_sampler,
     stop_sampler,
@@ -67,7 +72,7 @@ from compute_node.replication.publisher import Publisher, ReplicationService
 from compute_node.replication.replica import ReplicaVolume
 from compute_node.replication.subscriber import Subscription, writer_address_from
 from compute_node.sql.session import InstanceSql, SqlSession
-from compute_node.volume.cache import BufferCache
+from compute_node.volume.cache import HOT_PAGES_MAX, BufferCache
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.membership import SERVICE_NAME as MEMBERSHIP_SERVICE
 from compute_node.volume.membership import MembershipService
@@ -246,6 +251,7 @@ class Instance:
             replica.attach(state.advance, state.read_point_oldest)
             subscription.set_read_point_oldest(state.read_point_oldest)
             log.info("reader has a read point", name=config.name, lsn=replica.lsn_applied)
+            await self._prewarm(replica, writer_address())
             postgres = await self._serve_postgres(engine)
             capacity = self._capacity(replica.cache, engine, postgres)
             sampler = start_sampler(capacity)
@@ -275,6 +281,40 @@ class Instance:
             await replica.close()
         log.info("instance stopped", name=config.name)
         return promoted and not self._stopping.is_set()
+
+    async def _prewarm(self, replica: ReplicaVolume, writer_address: str | None) -> None:
+        """Reads the writer's hottest pages into the reader's cache (see the module
+        docstring). Asking the writer and reading share one time bound; a writer
+        that cannot answer leaves the cache cold, as does `prewarm = false`."""
+        config = self.config
+        if not config.prewarm or writer_address is None:
+            log.info("prewarm off", name=config.name, writer=writer_address)
+            return
+        deadline_s = asyncio.get_running_loop().time() + config.prewarm_timeout_ms / 1000
+        pages_max = min(replica.cache.capacity_bytes // PAGE_SIZE_BYTES, HOT_PAGES_MAX)
+        try:
+            pages = await fetch_hot_pages(
+                writer_address, pages_max, config.prewarm_timeout_ms / 1000
+            )
+        except BorealisError as error:
+            log.warning("prewarm skipped: no hot pages", writer=writer_address, error=repr(error))
+            return
+        remaining_s = deadline_s - asyncio.get_running_loop().time()
+        if remaining_s <= 0:
+            log.warning("prewarm skipped: the hot pages came too late", pages=len(pages))
+            return
+        result = await replica.prewarm(pages, config.prewarm_concurrency, remaining_s)
+        log.info(
+            "prewarm done",
+            name=config.name,
+            pages_listed=result.pages_listed,
+            pages=result.pages_cached,
+            pages_read=result.pages_read,
+            failures=result.failures,
+            seconds=round(result.seconds, 3),
+            timed_out=result.timed_out,
+            lsn=replica.lsn_applied,
+        )
 
     async def _until_stopped_or_promoted(self) -> bool:
         """Waits for SIGTERM/SIGINT or a promotion; True for a promotion. A SIGTERM

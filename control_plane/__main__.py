@@ -66,7 +66,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-capacity", type=float, help="BCU, 0.5 steps in [0.5, 16]")
     parser.add_argument("--min-readers", type=int)
     parser.add_argument("--max-readers", type=int, help="0: reader auto-scaling off")
-    parser.add_argument("--auto-pause-s", type=float, help="stored; pause is not built yet")
+    parser.add_argument(
+        "--auto-pause-s",
+        type=float,
+        help="pause an idle cluster (no statement, no connection) after this long (0: never)",
+    )
     parser.add_argument(
         "--scaling-set",
         action="append",

@@ -14,6 +14,11 @@ Each pass:
    runs on a thread of its own, so measuring and capacity changes go on meanwhile;
    one reader change at a time.
 
+4. feeds the pause policy (control_plane/pause.py) with each instance's idle time
+   and connections and, once the whole cluster has been quiet for auto_pause_s,
+   pauses it (Supervisor.pause). A paused cluster is not measured; the resume comes
+   from the router (the Resume RPC).
+
 Every decision that changes something goes into the history (bounded, newest
 last, `GetScalingHistory`), the log (with its inputs) and the metrics (the control
 plane's Admin.GetMetrics: `borealis_control_plane_scaling_decisions_total` by kind
@@ -53,6 +58,7 @@ from control_plane.autoscaler import (
     Decision,
     Sample,
 )
+from control_plane.pause import Activity, PausePolicy
 from control_plane.reader_scaling import (
     CONNECTIONS,
     CPU,
@@ -106,7 +112,7 @@ class ScalingSettings:
     capacity_down_after_s: float = 30.0
     capacity_up_cooldown_s: float = 5.0
     capacity_down_cooldown_s: float = 30.0
-    # An idle cluster would pause after this long (0: never); stored, not acted on yet.
+    # An idle cluster (no statement, no connection) pauses after this long (0: never).
     auto_pause_s: float = 0.0
     # Whether the loop runs at all (measures and acts).
     enabled: bool = True
@@ -193,6 +199,7 @@ class Scaler:
         self.capacity_bcu: dict[str, float] = {}
         self.idle_for_s: dict[str, float] = {}
         self._reader_change: threading.Thread | None = None
+        self._pause_policy = PausePolicy()
         self._channels: dict[str, grpc.Channel] = {}
         self.metrics = Metrics("borealis_control_plane")
         self._declare_metrics()
@@ -207,6 +214,7 @@ class Scaler:
         declare("readers", "gauge", "Readers running and taking connections.")
         declare("readers_wanted", "gauge", "The reader count the policy last wanted.")
         declare("idle_seconds", "gauge", "Seconds since each instance last ran a statement.")
+        declare("quiet_seconds", "gauge", "Seconds with no statement and no connection anywhere.")
 
     # -- the API (control_plane/service.py) ------------------------------------------------
 
@@ -254,8 +262,15 @@ class Scaler:
             for channel in self._channels.values():
                 channel.close()
 
+    def resumed(self) -> None:
+        """The cluster resumed: its quiet time starts again now."""
+        with self._lock:
+            self._pause_policy.reset(time.monotonic())
+
     def tick(self) -> None:
         now_s = time.monotonic()
+        if self._supervisor.pauser.paused:
+            return
         targets = self._targets()
         states = self._poll(targets)
         with self._lock:
@@ -266,6 +281,7 @@ class Scaler:
             if state is not None:
                 self._capacity_pass(target, state, now_s)
         self._readers_pass(targets, states, now_s)
+        self._pause_pass(targets, states, now_s)
 
     def _targets(self) -> list[_Target]:
         supervisor = self._supervisor
@@ -432,6 +448,30 @@ class Scaler:
             error,
         )
         self._record(event, decision.kind)
+
+    # -- pause -------------------------------------------------------------------------------
+
+    def _pause_pass(
+        self,
+        targets: list[_Target],
+        states: dict[str, capacity_pb2.CapacityState],
+        now_s: float,
+    ) -> None:
+        activity = [
+            Activity(t.name, self.idle_for_s.get(t.name, 0.0), states[t.name].signals.connections)
+            for t in targets
+            if t.name in states
+        ]
+        change = self._reader_change
+        # A reader being added or removed is activity too (it is not measured yet).
+        unanswered = len(targets) - len(activity) + int(change is not None and change.is_alive())
+        with self._lock:
+            decision = self._pause_policy.observe(
+                now_s, self.settings.auto_pause_s, activity, unanswered
+            )
+        self.metrics.set("quiet_seconds", decision.quiet_for_s)
+        if decision.pause:
+            self._supervisor.pause(decision.reason)
 
     # -- records -------------------------------------------------------------------------------
 

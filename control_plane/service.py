@@ -1,6 +1,7 @@
 """The control plane's gRPC API (proto/control.proto): what `borealis add-reader`,
 `remove-reader`, `endpoint create`, `failover`, `replace-storage-node` and
-`scaling` ask of a running cluster, and the instances' heartbeats. Also the
+`scaling`, `pause` and `resume` ask of a running cluster, the router's Resume
+for a login held while the cluster is paused, and the instances' heartbeats. Also the
 control plane's Admin.GetMetrics (the scaling decisions as metrics).
 
 Handlers run on the gRPC server's threads; every change to the cluster goes
@@ -119,6 +120,26 @@ class ControlPlaneService(control_pb2_grpc.ControlPlaneServicer):
             events=[event_message(event) for event in events],
             settings=settings_message(scaler.settings),
             capacity_bcu=scaler.capacities(),
+        )
+
+    def Pause(  # noqa: N802
+        self, request: control_pb2.PauseRequest, context: grpc.ServicerContext
+    ) -> control_pb2.PauseResponse:
+        try:
+            done = self._supervisor.pause(request.reason or "asked")
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.PauseResponse(paused=done.paused, pause_ms=round(done.duration_s * 1000))
+
+    def Resume(  # noqa: N802
+        self, request: control_pb2.ResumeRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ResumeResponse:
+        try:
+            done = self._supervisor.resume(request.reason or "asked")
+        except BorealisError as error:
+            _abort(context, error)
+        return control_pb2.ResumeResponse(
+            resumed=done.resumed, resume_ms=round(done.duration_s * 1000), writer=done.writer
         )
 
 

@@ -30,6 +30,10 @@ any other once it serves); only the short steps before and after take it. A seco
 replacement waits for the first (`_replacing`). A failed one leaves the new node
 running and recorded (cluster.json `storage_replacements`), so a retry reuses it
 and the writer continues the same change.
+
+Pause and resume (control_plane/pause.py decides and acts, under `lock`). A paused
+cluster's instances are stopped with state "paused": supervision leaves them alone
+and failover does not count them (not a supervised state), until `resume`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from control_plane.failover import (
     Heartbeat,
     InstanceView,
 )
+from control_plane.pause import PAUSED, Pauser, PauseResult, ResumeResult
 from control_plane.scaling import Scaler, ScalingSettings
 from control_plane.storage_replacement import Change, Decision, StorageReplacementPolicy
 from deploy.local import InstanceProcess, LocalCluster, NodeProcess, StorageNodeProcess
@@ -138,6 +143,9 @@ class Supervisor:
             scaling = ScalingSettings.from_json(kept) if kept else ScalingSettings(enabled=False)
         self.cluster.scaling = scaling.to_json()
         self.scaler = Scaler(self, scaling)
+        # Pause and resume (control_plane/pause.py): the scaling loop asks for a pause,
+        # the router (through the Resume RPC) for a resume.
+        self.pauser = Pauser(self)
         self.cluster.control_plane = {
             "pid": os.getpid(),
             "port": self.control_plane_port,
@@ -151,7 +159,7 @@ class Supervisor:
         self.cluster.start()
         self.write_cluster_file()
         for instance in self.cluster.instances:
-            self._started(instance)
+            self.started(instance)
         log.info(
             "cluster started",
             storage_nodes=len(self.cluster.storage_nodes),
@@ -184,12 +192,20 @@ class Supervisor:
 
     # -- changes asked through the API (control_plane/service.py) ----------------------
 
+    def pause(self, reason: str) -> PauseResult:
+        return self.pauser.pause(reason)
+
+    def resume(self, reason: str) -> ResumeResult:
+        return self.pauser.resume(reason)
+
     def add_reader(self, tier: int) -> InstanceProcess:
         with self.lock:
             if not any(i.role == "writer" for i in self.cluster.instances):
                 raise InvalidRequest("the cluster has no writer to read from")
+            if self.pauser.paused:
+                raise InvalidRequest("the cluster is paused; resume it first")
             reader = self.cluster.add_reader(tier)
-            self._started(reader)
+            self.started(reader)
         log.info("reader added", name=reader.name, tier=tier, pid=reader.pid)
         return reader
 
@@ -423,7 +439,7 @@ class Supervisor:
                 # Seen as exited by the next pass, which restarts it with backoff.
                 log.warning("old writer did not rejoin", name=old.name, error=str(error)[:200])
             old.state = "running"
-            self._started(old)
+            self.started(old)
             self.write_cluster_file()
         log.info("failover done", old_writer=old.name, new_writer=new.name, seconds=switchover_s)
         return old.name, new.name, switchover_s
@@ -492,7 +508,7 @@ class Supervisor:
             log.warning("promotion in place failed; restarting it as the writer", name=target.name)
             self._restart_as_writer(target)
         target.state = "running"
-        self._started(target)
+        self.started(target)
         self.write_cluster_file()
         return target
 
@@ -509,7 +525,7 @@ class Supervisor:
             # Supervision sees it exited and restarts it (as the writer) with backoff.
             log.error("promoted reader did not start", name=target.name, error=str(error)[:500])
 
-    def _started(self, instance: InstanceProcess) -> None:
+    def started(self, instance: InstanceProcess) -> None:
         with self.heartbeat_lock:
             self.failover.started(instance.name, time.monotonic())
 
@@ -520,7 +536,7 @@ class Supervisor:
         ]
 
     def _check(self, process: NodeProcess) -> bool:
-        if process.state in ("stopped", "failed", "draining") or process.is_running():
+        if process.state in ("stopped", "failed", "draining", PAUSED) or process.is_running():
             return False
         history = self._history.setdefault(process.name, _History())
         now = time.monotonic()
@@ -557,7 +573,7 @@ class Supervisor:
             return True
         process.state = "running"
         if isinstance(process, InstanceProcess):
-            self._started(process)
+            self.started(process)
         log.info("process restarted", process=process.name, pid=process.pid)
         return True
 

@@ -275,6 +275,9 @@ class LocalCluster:
         # The automatic scaling settings (control_plane/scaling.py ScalingSettings),
         # kept here so that a restarted control plane keeps them.
         self.scaling: dict[str, Any] = {}
+        # Pause and resume (control_plane/pause.py): `paused`, when and why, and the
+        # last resume's time. cluster.json has `paused` at the top level too.
+        self.pause: dict[str, Any] = {}
 
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
         values = {"name": name, "az": az, **self.storage_overrides}
@@ -618,6 +621,8 @@ class LocalCluster:
             "storage_node_number_max": self.storage_number_max,
             "storage_replacements": self.storage_replacements,
             "scaling": self.scaling,
+            "paused": bool(self.pause.get("paused")),
+            "pause": self.pause,
             "router": self._router_entry(),
             "custom_endpoints": self.custom_endpoints,
             "endpoints": self.endpoints(),
@@ -709,6 +714,9 @@ class LocalCluster:
             if old in names
         }
         cluster.scaling = document.get("scaling") or {}
+        # A reopened cluster starts every instance (`start`), so it is not paused;
+        # the figures of the last pause and resume stay.
+        cluster.pause = {**(document.get("pause") or {}), "paused": False}
         return cluster
 
     @classmethod

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/capacity.proto\x12\x11\x62orealis.capacity\"!\n\x12SetCapacityRequest\x12\x0b\n\x03\x62\x63u\x18\x01 \x01(\x01\"\x14\n\x12GetCapacityRequest\"\xba\x01\n\x07Signals\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_hit_ratio\x18\x02 \x01(\x01\x12\x1d\n\x15\x63\x61\x63he_evictions_total\x18\x03 \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\r\x12\x19\n\x11queued_statements\x18\x05 \x01(\r\x12\x13\n\x0b\x63onnections\x18\x06 \x01(\r\x12\x18\n\x10statements_total\x18\x07 \x01(\x04\"\x81\x01\n\rCapacityState\x12\x0b\n\x03\x62\x63u\x18\x01 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bsql_workers\x18\x03 \x01(\r\x12+\n\x07signals\x18\x04 \x01(\x0b\x32\x1a.borealis.capacity.Signals\x12\x0c\n\x04role\x18\x05 \x01(\t2\xba\x01\n\x08\x43\x61pacity\x12V\n\x0bSetCapacity\x12%.borealis.capacity.SetCapacityRequest\x1a .borealis.capacity.CapacityState\x12V\n\x0bGetCapacity\x12%.borealis.capacity.GetCapacityRequest\x1a .borealis.capacity.CapacityStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/capacity.proto\x12\x11\x62orealis.capacity\"!\n\x12SetCapacityRequest\x12\x0b\n\x03\x62\x63u\x18\x01 \x01(\x01\"\x14\n\x12GetCapacityRequest\"$\n\x0fHotPagesRequest\x12\x11\n\tmax_pages\x18\x01 \x01(\r\"!\n\x10HotPagesResponse\x12\r\n\x05pages\x18\x01 \x03(\x04\"\xba\x01\n\x07Signals\x12\x14\n\x0c\x63pu_fraction\x18\x01 \x01(\x01\x12\x17\n\x0f\x63\x61\x63he_hit_ratio\x18\x02 \x01(\x01\x12\x1d\n\x15\x63\x61\x63he_evictions_total\x18\x03 \x01(\x04\x12\x17\n\x0f\x61\x63tive_sessions\x18\x04 \x01(\r\x12\x19\n\x11queued_statements\x18\x05 \x01(\r\x12\x13\n\x0b\x63onnections\x18\x06 \x01(\r\x12\x18\n\x10statements_total\x18\x07 \x01(\x04\"\x81\x01\n\rCapacityState\x12\x0b\n\x03\x62\x63u\x18\x01 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bsql_workers\x18\x03 \x01(\r\x12+\n\x07signals\x18\x04 \x01(\x0b\x32\x1a.borealis.capacity.Signals\x12\x0c\n\x04role\x18\x05 \x01(\t2\x8f\x02\n\x08\x43\x61pacity\x12V\n\x0bSetCapacity\x12%.borealis.capacity.SetCapacityRequest\x1a .borealis.capacity.CapacityState\x12V\n\x0bGetCapacity\x12%.borealis.capacity.GetCapacityRequest\x1a .borealis.capacity.CapacityState\x12S\n\x08HotPages\x12\".borealis.capacity.HotPagesRequest\x1a#.borealis.capacity.HotPagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCAPACITYREQUEST']._serialized_end=76
   _globals['_GETCAPACITYREQUEST']._serialized_start=78
   _globals['_GETCAPACITYREQUEST']._serialized_end=98
-  _globals['_SIGNALS']._serialized_start=101
-  _globals['_SIGNALS']._serialized_end=287
-  _globals['_CAPACITYSTATE']._serialized_start=290
-  _globals['_CAPACITYSTATE']._serialized_end=419
-  _globals['_CAPACITY']._serialized_start=422
-  _globals['_CAPACITY']._serialized_end=608
+  _globals['_HOTPAGESREQUEST']._serialized_start=100
+  _globals['_HOTPAGESREQUEST']._serialized_end=136
+  _globals['_HOTPAGESRESPONSE']._serialized_start=138
+  _globals['_HOTPAGESRESPONSE']._serialized_end=171
+  _globals['_SIGNALS']._serialized_start=174
+  _globals['_SIGNALS']._serialized_end=360
+  _globals['_CAPACITYSTATE']._serialized_start=363
+  _globals['_CAPACITYSTATE']._serialized_end=492
+  _globals['_CAPACITY']._serialized_start=495
+  _globals['_CAPACITY']._serialized_end=766
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -14,6 +15,18 @@ class SetCapacityRequest(_message.Message):
 class GetCapacityRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class HotPagesRequest(_message.Message):
+    __slots__ = ("max_pages",)
+    MAX_PAGES_FIELD_NUMBER: _ClassVar[int]
+    max_pages: int
+    def __init__(self, max_pages: _Optional[int] = ...) -> None: ...
+
+class HotPagesResponse(_message.Message):
+    __slots__ = ("pages",)
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    pages: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pages: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Signals(_message.Message):
     __slots__ = ("cpu_fraction", "cache_hit_ratio", "cache_evictions_total", "active_sessions", "queued_statements", "connections", "statements_total")

@@ -44,6 +44,11 @@ class CapacityStub:
                 request_serializer=proto_dot_capacity__pb2.GetCapacityRequest.SerializeToString,
                 response_deserializer=proto_dot_capacity__pb2.CapacityState.FromString,
                 _registered_method=True)
+        self.HotPages = channel.unary_unary(
+                '/borealis.capacity.Capacity/HotPages',
+                request_serializer=proto_dot_capacity__pb2.HotPagesRequest.SerializeToString,
+                response_deserializer=proto_dot_capacity__pb2.HotPagesResponse.FromString,
+                _registered_method=True)
 
 
 class CapacityServicer:
@@ -62,6 +67,15 @@ class CapacityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HotPages(self, request, context):
+        """The instance's hottest buffer cache pages, most recently used first (at most
+        max_pages, and never more than 65536). A new reader asks its writer, and reads
+        those pages into its own cache before it serves (prewarm).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CapacityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_CapacityServicer_to_server(servicer, server):
                     servicer.GetCapacity,
                     request_deserializer=proto_dot_capacity__pb2.GetCapacityRequest.FromString,
                     response_serializer=proto_dot_capacity__pb2.CapacityState.SerializeToString,
+            ),
+            'HotPages': grpc.unary_unary_rpc_method_handler(
+                    servicer.HotPages,
+                    request_deserializer=proto_dot_capacity__pb2.HotPagesRequest.FromString,
+                    response_serializer=proto_dot_capacity__pb2.HotPagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +149,33 @@ class Capacity:
             '/borealis.capacity.Capacity/GetCapacity',
             proto_dot_capacity__pb2.GetCapacityRequest.SerializeToString,
             proto_dot_capacity__pb2.CapacityState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HotPages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.capacity.Capacity/HotPages',
+            proto_dot_capacity__pb2.HotPagesRequest.SerializeToString,
+            proto_dot_capacity__pb2.HotPagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/control.proto\x12\x10\x62orealis.control\" \n\x10\x41\x64\x64ReaderRequest\x12\x0c\n\x04tier\x18\x01 \x01(\r\"3\n\x11\x41\x64\x64ReaderResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"=\n\x13RemoveReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\r\"/\n\x14RemoveReaderResponse\x12\x17\n\x0fsessions_closed\x18\x01 \x01(\r\"8\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"%\n\x16\x43reateEndpointResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"j\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x04\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x10\n\x08lag_lsns\x18\x05 \x01(\x04\x12\x0e\n\x06lag_ms\x18\x06 \x01(\x01\"(\n\x11HeartbeatResponse\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"!\n\x0f\x46\x61iloverRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\"Q\n\x10\x46\x61iloverResponse\x12\x12\n\nold_writer\x18\x01 \x01(\t\x12\x12\n\nnew_writer\x18\x02 \x01(\t\x12\x15\n\rswitchover_ms\x18\x03 \x01(\r\"=\n\x19ReplaceStorageNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"b\n\x1aReplaceStorageNodeResponse\x12\x10\n\x08old_node\x18\x01 \x01(\t\x12\x10\n\x08new_node\x18\x02 \x01(\t\x12\x0b\n\x03pgs\x18\x03 \x03(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r\"\xe3\x05\n\x0fScalingSettings\x12\x1d\n\x10min_capacity_bcu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10max_capacity_bcu\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_readers\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0bmax_readers\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1a\n\rreader_metric\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1a\n\rreader_target\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12!\n\x14scale_out_cooldown_s\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12 \n\x13scale_in_cooldown_s\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\"\n\x15\x63\x61pacity_down_after_s\x18\t \x01(\x01H\x08\x88\x01\x01\x12#\n\x16\x63\x61pacity_up_cooldown_s\x18\n \x01(\x01H\t\x88\x01\x01\x12%\n\x18\x63\x61pacity_down_cooldown_s\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x19\n\x0c\x61uto_pause_s\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\r \x01(\x08H\x0c\x88\x01\x01\x12\x1d\n\x10scale_in_after_s\x18\x0e \x01(\x01H\r\x88\x01\x01\x42\x13\n\x11_min_capacity_bcuB\x13\n\x11_max_capacity_bcuB\x0e\n\x0c_min_readersB\x0e\n\x0c_max_readersB\x10\n\x0e_reader_metricB\x10\n\x0e_reader_targetB\x17\n\x15_scale_out_cooldown_sB\x16\n\x14_scale_in_cooldown_sB\x18\n\x16_capacity_down_after_sB\x19\n\x17_capacity_up_cooldown_sB\x1b\n\x19_capacity_down_cooldown_sB\x0f\n\r_auto_pause_sB\n\n\x08_enabledB\x13\n\x11_scale_in_after_s\";\n\x18GetScalingHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x10\n\x08instance\x18\x02 \x01(\t\"\xf3\x01\n\x0cScalingEvent\x12\x13\n\x0btime_unix_s\x18\x01 \x01(\x01\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nfrom_value\x18\x04 \x01(\x01\x12\x10\n\x08to_value\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12:\n\x06inputs\x18\x07 \x03(\x0b\x32*.borealis.control.ScalingEvent.InputsEntry\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf2\x01\n\x0eScalingHistory\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.borealis.control.ScalingEvent\x12\x33\n\x08settings\x18\x02 \x01(\x0b\x32!.borealis.control.ScalingSettings\x12G\n\x0c\x63\x61pacity_bcu\x18\x03 \x03(\x0b\x32\x31.borealis.control.ScalingHistory.CapacityBcuEntry\x1a\x32\n\x10\x43\x61pacityBcuEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xf9\x05\n\x0c\x43ontrolPlane\x12T\n\tAddReader\x12\".borealis.control.AddReaderRequest\x1a#.borealis.control.AddReaderResponse\x12]\n\x0cRemoveReader\x12%.borealis.control.RemoveReaderRequest\x1a&.borealis.control.RemoveReaderResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.borealis.control.CreateEndpointRequest\x1a(.borealis.control.CreateEndpointResponse\x12T\n\tHeartbeat\x12\".borealis.control.HeartbeatRequest\x1a#.borealis.control.HeartbeatResponse\x12Q\n\x08\x46\x61ilover\x12!.borealis.control.FailoverRequest\x1a\".borealis.control.FailoverResponse\x12o\n\x12ReplaceStorageNode\x12+.borealis.control.ReplaceStorageNodeRequest\x1a,.borealis.control.ReplaceStorageNodeResponse\x12R\n\nSetScaling\x12!.borealis.control.ScalingSettings\x1a!.borealis.control.ScalingSettings\x12\x61\n\x11GetScalingHistory\x12*.borealis.control.GetScalingHistoryRequest\x1a .borealis.control.ScalingHistoryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/control.proto\x12\x10\x62orealis.control\"\x1e\n\x0cPauseRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"1\n\rPauseResponse\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x10\n\x08pause_ms\x18\x02 \x01(\r\"\x1f\n\rResumeRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"D\n\x0eResumeResponse\x12\x0f\n\x07resumed\x18\x01 \x01(\x08\x12\x11\n\tresume_ms\x18\x02 \x01(\r\x12\x0e\n\x06writer\x18\x03 \x01(\t\" \n\x10\x41\x64\x64ReaderRequest\x12\x0c\n\x04tier\x18\x01 \x01(\r\"3\n\x11\x41\x64\x64ReaderResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"=\n\x13RemoveReaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x64rain_timeout_ms\x18\x02 \x01(\r\"/\n\x14RemoveReaderResponse\x12\x17\n\x0fsessions_closed\x18\x01 \x01(\r\"8\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tinstances\x18\x02 \x03(\t\"%\n\x16\x43reateEndpointResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"j\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x04\x12\x0b\n\x03lsn\x18\x04 \x01(\x04\x12\x10\n\x08lag_lsns\x18\x05 \x01(\x04\x12\x0e\n\x06lag_ms\x18\x06 \x01(\x01\"(\n\x11HeartbeatResponse\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"!\n\x0f\x46\x61iloverRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\"Q\n\x10\x46\x61iloverResponse\x12\x12\n\nold_writer\x18\x01 \x01(\t\x12\x12\n\nnew_writer\x18\x02 \x01(\t\x12\x15\n\rswitchover_ms\x18\x03 \x01(\r\"=\n\x19ReplaceStorageNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"b\n\x1aReplaceStorageNodeResponse\x12\x10\n\x08old_node\x18\x01 \x01(\t\x12\x10\n\x08new_node\x18\x02 \x01(\t\x12\x0b\n\x03pgs\x18\x03 \x03(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r\"\xe3\x05\n\x0fScalingSettings\x12\x1d\n\x10min_capacity_bcu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10max_capacity_bcu\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_readers\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0bmax_readers\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1a\n\rreader_metric\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1a\n\rreader_target\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12!\n\x14scale_out_cooldown_s\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12 \n\x13scale_in_cooldown_s\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\"\n\x15\x63\x61pacity_down_after_s\x18\t \x01(\x01H\x08\x88\x01\x01\x12#\n\x16\x63\x61pacity_up_cooldown_s\x18\n \x01(\x01H\t\x88\x01\x01\x12%\n\x18\x63\x61pacity_down_cooldown_s\x18\x0b \x01(\x01H\n\x88\x01\x01\x12\x19\n\x0c\x61uto_pause_s\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\r \x01(\x08H\x0c\x88\x01\x01\x12\x1d\n\x10scale_in_after_s\x18\x0e \x01(\x01H\r\x88\x01\x01\x42\x13\n\x11_min_capacity_bcuB\x13\n\x11_max_capacity_bcuB\x0e\n\x0c_min_readersB\x0e\n\x0c_max_readersB\x10\n\x0e_reader_metricB\x10\n\x0e_reader_targetB\x17\n\x15_scale_out_cooldown_sB\x16\n\x14_scale_in_cooldown_sB\x18\n\x16_capacity_down_after_sB\x19\n\x17_capacity_up_cooldown_sB\x1b\n\x19_capacity_down_cooldown_sB\x0f\n\r_auto_pause_sB\n\n\x08_enabledB\x13\n\x11_scale_in_after_s\";\n\x18GetScalingHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x10\n\x08instance\x18\x02 \x01(\t\"\xf3\x01\n\x0cScalingEvent\x12\x13\n\x0btime_unix_s\x18\x01 \x01(\x01\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nfrom_value\x18\x04 \x01(\x01\x12\x10\n\x08to_value\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12:\n\x06inputs\x18\x07 \x03(\x0b\x32*.borealis.control.ScalingEvent.InputsEntry\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf2\x01\n\x0eScalingHistory\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.borealis.control.ScalingEvent\x12\x33\n\x08settings\x18\x02 \x01(\x0b\x32!.borealis.control.ScalingSettings\x12G\n\x0c\x63\x61pacity_bcu\x18\x03 \x03(\x0b\x32\x31.borealis.control.ScalingHistory.CapacityBcuEntry\x1a\x32\n\x10\x43\x61pacityBcuEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x90\x07\n\x0c\x43ontrolPlane\x12T\n\tAddReader\x12\".borealis.control.AddReaderRequest\x1a#.borealis.control.AddReaderResponse\x12]\n\x0cRemoveReader\x12%.borealis.control.RemoveReaderRequest\x1a&.borealis.control.RemoveReaderResponse\x12\x63\n\x0e\x43reateEndpoint\x12\'.borealis.control.CreateEndpointRequest\x1a(.borealis.control.CreateEndpointResponse\x12T\n\tHeartbeat\x12\".borealis.control.HeartbeatRequest\x1a#.borealis.control.HeartbeatResponse\x12Q\n\x08\x46\x61ilover\x12!.borealis.control.FailoverRequest\x1a\".borealis.control.FailoverResponse\x12o\n\x12ReplaceStorageNode\x12+.borealis.control.ReplaceStorageNodeRequest\x1a,.borealis.control.ReplaceStorageNodeResponse\x12R\n\nSetScaling\x12!.borealis.control.ScalingSettings\x1a!.borealis.control.ScalingSettings\x12\x61\n\x11GetScalingHistory\x12*.borealis.control.GetScalingHistoryRequest\x1a .borealis.control.ScalingHistory\x12H\n\x05Pause\x12\x1e.borealis.control.PauseRequest\x1a\x1f.borealis.control.PauseResponse\x12K\n\x06Resume\x12\x1f.borealis.control.ResumeRequest\x1a .borealis.control.ResumeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,42 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCALINGEVENT_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._loaded_options = None
   _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._serialized_options = b'8\001'
-  _globals['_ADDREADERREQUEST']._serialized_start=41
-  _globals['_ADDREADERREQUEST']._serialized_end=73
-  _globals['_ADDREADERRESPONSE']._serialized_start=75
-  _globals['_ADDREADERRESPONSE']._serialized_end=126
-  _globals['_REMOVEREADERREQUEST']._serialized_start=128
-  _globals['_REMOVEREADERREQUEST']._serialized_end=189
-  _globals['_REMOVEREADERRESPONSE']._serialized_start=191
-  _globals['_REMOVEREADERRESPONSE']._serialized_end=238
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=240
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=296
-  _globals['_CREATEENDPOINTRESPONSE']._serialized_start=298
-  _globals['_CREATEENDPOINTRESPONSE']._serialized_end=335
-  _globals['_HEARTBEATREQUEST']._serialized_start=337
-  _globals['_HEARTBEATREQUEST']._serialized_end=443
-  _globals['_HEARTBEATRESPONSE']._serialized_start=445
-  _globals['_HEARTBEATRESPONSE']._serialized_end=485
-  _globals['_FAILOVERREQUEST']._serialized_start=487
-  _globals['_FAILOVERREQUEST']._serialized_end=520
-  _globals['_FAILOVERRESPONSE']._serialized_start=522
-  _globals['_FAILOVERRESPONSE']._serialized_end=603
-  _globals['_REPLACESTORAGENODEREQUEST']._serialized_start=605
-  _globals['_REPLACESTORAGENODEREQUEST']._serialized_end=666
-  _globals['_REPLACESTORAGENODERESPONSE']._serialized_start=668
-  _globals['_REPLACESTORAGENODERESPONSE']._serialized_end=766
-  _globals['_SCALINGSETTINGS']._serialized_start=769
-  _globals['_SCALINGSETTINGS']._serialized_end=1508
-  _globals['_GETSCALINGHISTORYREQUEST']._serialized_start=1510
-  _globals['_GETSCALINGHISTORYREQUEST']._serialized_end=1569
-  _globals['_SCALINGEVENT']._serialized_start=1572
-  _globals['_SCALINGEVENT']._serialized_end=1815
-  _globals['_SCALINGEVENT_INPUTSENTRY']._serialized_start=1770
-  _globals['_SCALINGEVENT_INPUTSENTRY']._serialized_end=1815
-  _globals['_SCALINGHISTORY']._serialized_start=1818
-  _globals['_SCALINGHISTORY']._serialized_end=2060
-  _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._serialized_start=2010
-  _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._serialized_end=2060
-  _globals['_CONTROLPLANE']._serialized_start=2063
-  _globals['_CONTROLPLANE']._serialized_end=2824
+  _globals['_PAUSEREQUEST']._serialized_start=41
+  _globals['_PAUSEREQUEST']._serialized_end=71
+  _globals['_PAUSERESPONSE']._serialized_start=73
+  _globals['_PAUSERESPONSE']._serialized_end=122
+  _globals['_RESUMEREQUEST']._serialized_start=124
+  _globals['_RESUMEREQUEST']._serialized_end=155
+  _globals['_RESUMERESPONSE']._serialized_start=157
+  _globals['_RESUMERESPONSE']._serialized_end=225
+  _globals['_ADDREADERREQUEST']._serialized_start=227
+  _globals['_ADDREADERREQUEST']._serialized_end=259
+  _globals['_ADDREADERRESPONSE']._serialized_start=261
+  _globals['_ADDREADERRESPONSE']._serialized_end=312
+  _globals['_REMOVEREADERREQUEST']._serialized_start=314
+  _globals['_REMOVEREADERREQUEST']._serialized_end=375
+  _globals['_REMOVEREADERRESPONSE']._serialized_start=377
+  _globals['_REMOVEREADERRESPONSE']._serialized_end=424
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=426
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=482
+  _globals['_CREATEENDPOINTRESPONSE']._serialized_start=484
+  _globals['_CREATEENDPOINTRESPONSE']._serialized_end=521
+  _globals['_HEARTBEATREQUEST']._serialized_start=523
+  _globals['_HEARTBEATREQUEST']._serialized_end=629
+  _globals['_HEARTBEATRESPONSE']._serialized_start=631
+  _globals['_HEARTBEATRESPONSE']._serialized_end=671
+  _globals['_FAILOVERREQUEST']._serialized_start=673
+  _globals['_FAILOVERREQUEST']._serialized_end=706
+  _globals['_FAILOVERRESPONSE']._serialized_start=708
+  _globals['_FAILOVERRESPONSE']._serialized_end=789
+  _globals['_REPLACESTORAGENODEREQUEST']._serialized_start=791
+  _globals['_REPLACESTORAGENODEREQUEST']._serialized_end=852
+  _globals['_REPLACESTORAGENODERESPONSE']._serialized_start=854
+  _globals['_REPLACESTORAGENODERESPONSE']._serialized_end=952
+  _globals['_SCALINGSETTINGS']._serialized_start=955
+  _globals['_SCALINGSETTINGS']._serialized_end=1694
+  _globals['_GETSCALINGHISTORYREQUEST']._serialized_start=1696
+  _globals['_GETSCALINGHISTORYREQUEST']._serialized_end=1755
+  _globals['_SCALINGEVENT']._serialized_start=1758
+  _globals['_SCALINGEVENT']._serialized_end=2001
+  _globals['_SCALINGEVENT_INPUTSENTRY']._serialized_start=1956
+  _globals['_SCALINGEVENT_INPUTSENTRY']._serialized_end=2001
+  _globals['_SCALINGHISTORY']._serialized_start=2004
+  _globals['_SCALINGHISTORY']._serialized_end=2246
+  _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._serialized_start=2196
+  _globals['_SCALINGHISTORY_CAPACITYBCUENTRY']._serialized_end=2246
+  _globals['_CONTROLPLANE']._serialized_start=2249
+  _globals['_CONTROLPLANE']._serialized_end=3161
 # @@protoc_insertion_point(module_scope)

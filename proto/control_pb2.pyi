@@ -6,6 +6,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PauseRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class PauseResponse(_message.Message):
+    __slots__ = ("paused", "pause_ms")
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_MS_FIELD_NUMBER: _ClassVar[int]
+    paused: bool
+    pause_ms: int
+    def __init__(self, paused: _Optional[bool] = ..., pause_ms: _Optional[int] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("resumed", "resume_ms", "writer")
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_MS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    resumed: bool
+    resume_ms: int
+    writer: str
+    def __init__(self, resumed: _Optional[bool] = ..., resume_ms: _Optional[int] = ..., writer: _Optional[str] = ...) -> None: ...
+
 class AddReaderRequest(_message.Message):
     __slots__ = ("tier",)
     TIER_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,16 @@ class ControlPlaneStub:
                 request_serializer=proto_dot_control__pb2.GetScalingHistoryRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.ScalingHistory.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/borealis.control.ControlPlane/Pause',
+                request_serializer=proto_dot_control__pb2.PauseRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/borealis.control.ControlPlane/Resume',
+                request_serializer=proto_dot_control__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -143,6 +153,23 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Stops every instance cleanly (storage, the router and the control plane stay
+        up) and marks the cluster paused in cluster.json. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Starts the instances of a paused cluster again and returns once the writer
+        serves (and the readers were started). Idempotent: on a running cluster it
+        returns at once with resumed false. The router calls it for a held login.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +212,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetScalingHistory,
                     request_deserializer=proto_dot_control__pb2.GetScalingHistoryRequest.FromString,
                     response_serializer=proto_dot_control__pb2.ScalingHistory.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=proto_dot_control__pb2.PauseRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=proto_dot_control__pb2.ResumeRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +440,60 @@ class ControlPlane:
             '/borealis.control.ControlPlane/GetScalingHistory',
             proto_dot_control__pb2.GetScalingHistoryRequest.SerializeToString,
             proto_dot_control__pb2.ScalingHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/Pause',
+            proto_dot_control__pb2.PauseRequest.SerializeToString,
+            proto_dot_control__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/borealis.control.ControlPlane/Resume',
+            proto_dot_control__pb2.ResumeRequest.SerializeToString,
+            proto_dot_control__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

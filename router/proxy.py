@@ -12,6 +12,12 @@ instance still belongs to its endpoint.
 Draining: an instance whose state in cluster.json is "draining" (or that was
 drained through the Admin task `drain:NAME`) takes no new connections, and its
 idle sessions are moved to other instances of their endpoints.
+
+Pause: while cluster.json says `paused` (control_plane/pause.py), an endpoint has
+no instance; the first login (or a session whose instance went away) that finds
+none asks the control plane to resume (ControlPlane.Resume, one call at a time,
+shared by every login waiting), and the logins wait up to login_wait_ms as they
+do during a failover, then go on to the writer once it serves.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ from typing import Any
 
 from borealis import rpc
 from borealis.admin import AdminService
-from borealis.errors import InvalidRequest
+from borealis.errors import BorealisError, InvalidRequest
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from borealis.serving import Serving, until_stopped
-from proto import admin_pb2, admin_pb2_grpc
+from proto import admin_pb2, admin_pb2_grpc, control_pb2, control_pb2_grpc
 from router import backend
 from router.config import RouterConfig
 from router.session import READ_BYTES, Session
@@ -58,6 +64,10 @@ PORTS_FILE = "ports.json"
 # Instances tried for one new connection before the client gets an error.
 BACKEND_ATTEMPTS_MAX = 3
 _BACKGROUND_TASKS_MAX = 10_000
+# A resume starts the writer (a process start and recovery) and then the readers.
+RESUME_TIMEOUT_S = 60.0
+# After a failed Resume, the next is asked no sooner than this.
+RESUME_RETRY_S = 1.0
 
 
 class Router:
@@ -76,6 +86,8 @@ class Router:
         self._admin_channels: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: dict[str, Any] = {}
+        self._resume_task: asyncio.Task[None] | None = None
+        self._resume_retry_at_s = 0.0
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:
@@ -90,6 +102,11 @@ class Router:
         )
         self.metrics.declare("instance_healthy", "gauge", "1 when the instance serves.")
         self.metrics.declare("instance_lag_ms", "gauge", "Replica lag the router last read.")
+        self.metrics.declare("resumes_requested", "counter", "Resume calls to the control plane.")
+        self.metrics.declare(
+            "logins_held", "counter", "Logins that waited for an instance (failover, resume)."
+        )
+        self.metrics.declare("login_held_ms_last", "gauge", "How long the last held login waited.")
         self.metrics.collector(self._collect)
 
     def _collect(self) -> list[Sample]:
@@ -130,7 +147,61 @@ class Router:
 
     def choose(self, endpoint: str, exclude: Iterable[str]) -> InstanceInfo | None:
         name = self.balancer.choose(endpoint, self._connections, exclude)
+        if name is None and self.balancer.topology.paused:
+            self._request_resume(endpoint)
         return None if name is None else self.balancer.topology.instances[name]
+
+    def login_held(self, endpoint: str, waited_s: float) -> None:
+        """A login that found no instance at first got one after `waited_s`."""
+        self.metrics.inc("logins_held")
+        self.metrics.set("login_held_ms_last", round(waited_s * 1000, 1))
+        log.info("held login served", endpoint=endpoint, waited_ms=round(waited_s * 1000, 1))
+
+    # --- resume of a paused cluster ---
+
+    def _request_resume(self, endpoint: str) -> None:
+        """Asks the control plane to resume, unless a call is in flight (the logins
+        waiting share it) or the last one failed a moment ago."""
+        if self._resume_task is not None and not self._resume_task.done():
+            return
+        now_s = asyncio.get_running_loop().time()
+        if now_s < self._resume_retry_at_s:
+            return
+        self._resume_retry_at_s = now_s + RESUME_RETRY_S
+        self._resume_task = asyncio.create_task(self._resume(endpoint))
+
+    async def _resume(self, endpoint: str) -> None:
+        address = self.balancer.topology.control_plane_address
+        if not address:
+            log.warning("cluster is paused and cluster.json names no control plane to resume it")
+            return
+        self.metrics.inc("resumes_requested")
+        log.info("cluster is paused; asking the control plane to resume it", endpoint=endpoint)
+        began_s = asyncio.get_running_loop().time()
+        request = control_pb2.ResumeRequest(reason=f"router: a login on the {endpoint} endpoint")
+        channel = rpc.channel(address, 2**20)
+        try:
+            stub = control_pb2_grpc.ControlPlaneStub(channel)
+            response = await rpc.call(
+                stub.Resume(request, timeout=RESUME_TIMEOUT_S), control_plane=address
+            )
+        except BorealisError as error:
+            log.warning("resume failed", error=str(error)[:300])
+            return
+        finally:
+            await channel.close()
+        log.info(
+            "resume answered",
+            resumed=response.resumed,
+            resume_ms=response.resume_ms,
+            writer=response.writer,
+            call_ms=round((asyncio.get_running_loop().time() - began_s) * 1000, 1),
+        )
+        # The writer serves now: look at cluster.json and health at once rather than
+        # at the next poll, so that the held logins go on sooner.
+        if self._read_topology():
+            await self._check_health()
+            self._reconsider()
 
     def is_eligible(self, endpoint: str, instance: str) -> bool:
         return instance in self.balancer.eligible(endpoint)

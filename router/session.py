@@ -252,12 +252,17 @@ class Session:
         """The session's first instance. While its endpoint has none (a writer
         restarting or failing over), the login waits up to login_wait_ms, as a
         client of a managed database expects a failover to cost a pause, not an
-        error."""
+        error. A paused cluster is resumed meanwhile (Router.choose asks for it)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.router.config.login_wait_ms / 1000
+        began_s = loop.time()
+        deadline = began_s + self.router.config.login_wait_ms / 1000
+        held = False
         while True:
             try:
-                return await self._open_backend(frozenset())
+                link = await self._open_backend(frozenset())
+                if held:
+                    self.router.login_held(self.endpoint, loop.time() - began_s)
+                return link
             except backend.BackendRefused as refused:
                 # The instance's own answer (e.g. 3D000, unknown database) is the client's.
                 self.client_writer.write(refused.error_message)
@@ -269,6 +274,7 @@ class Session:
                             "57P03", f"no instance of the {self.endpoint} endpoint is available"
                         )
                     self._fatal("08006", f"could not connect to an instance: {error}")
+            held = True
             await asyncio.sleep(_RECONNECT_INTERVAL_S)
 
     async def _open_backend(self, exclude: frozenset[str]) -> backend.BackendLink:

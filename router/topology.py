@@ -17,7 +17,9 @@ WRITER = "writer"
 READER = "reader"
 CUSTOM_PREFIX = "custom:"
 # The state in which an instance takes connections; "draining" takes none and has
-# its idle sessions moved; these others mean the instance is gone.
+# its idle sessions moved; these others mean the instance is gone. A "paused"
+# instance (the whole cluster paused, control_plane/pause.py) is not gone: it comes
+# back when the cluster resumes, and sessions waiting for it wait for that.
 STATE_RUNNING = "running"
 STATES_GONE = frozenset({"stopped", "failed", "removed"})
 
@@ -38,6 +40,10 @@ class Topology:
     instances: Mapping[str, InstanceInfo] = field(default_factory=dict)
     # Custom endpoint name -> (port, instance names).
     custom_endpoints: Mapping[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    # The cluster's instances are stopped until someone asks the control plane to resume.
+    paused: bool = False
+    # The control plane's gRPC address (for Resume); empty when cluster.json has none.
+    control_plane_address: str = ""
 
     def is_gone(self, name: str) -> bool:
         """Whether the instance no longer exists: removed from cluster.json or stopped."""
@@ -72,7 +78,9 @@ def parse_cluster(document: Mapping[str, Any]) -> Topology:
             custom[str(name)] = (int(entry["port"]), tuple(str(n) for n in entry["instances"]))
         except (KeyError, TypeError, ValueError) as error:
             raise TopologyError(f"bad custom endpoint {name!r}: {error!r}") from None
-    return Topology(instances, custom)
+    control_plane = document.get("control_plane") or {}
+    address = control_plane.get("address", "") if isinstance(control_plane, Mapping) else ""
+    return Topology(instances, custom, bool(document.get("paused")), str(address or ""))
 
 
 @dataclass

@@ -256,6 +256,25 @@ def cmd_replace_storage_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Stops every instance cleanly; storage and the router stay up."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    done = _call(stub.Pause, control_pb2.PauseRequest(reason="borealis pause"))
+    print(f"paused in {done.pause_ms} ms" if done.paused else "already paused")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Starts the instances of a paused cluster; returns once the writer serves."""
+    stub = _control_plane(Path(args.data_dir).resolve())
+    done = _call(stub.Resume, control_pb2.ResumeRequest(reason="borealis resume"))
+    if done.resumed:
+        print(f"resumed: {done.writer} serving after {done.resume_ms} ms")
+    else:
+        print("not paused")
+    return 0
+
+
 def cmd_scaling_set(args: argparse.Namespace) -> int:
     """Changes the automatic scaling settings (unset flags keep their value)."""
     stub = _control_plane(Path(args.data_dir).resolve())
@@ -395,6 +414,7 @@ def print_status(data_dir: Path, as_json: bool) -> int:
         if document.get("router"):
             router = document["router"]
             print(f"\nrouter: {router['health']} (pid {router['pid']}, {router['address']})")
+        print_pause(document)
         for name in ("writer", "reader"):
             if name in endpoints:
                 print(f"{name} endpoint: {endpoints[name]}")
@@ -402,7 +422,22 @@ def print_status(data_dir: Path, as_json: bool) -> int:
             print(f"custom endpoint {name}: {url}")
     router = [document["router"]] if document.get("router") else []
     processes = [*document["storage_nodes"], *document["instances"], *router]
-    return 0 if all(process["health"] == "SERVING" for process in processes) else 1
+    # A paused instance is meant to be down.
+    up = [process for process in processes if process.get("state") != "paused"]
+    return 0 if all(process["health"] == "SERVING" for process in up) else 1
+
+
+def print_pause(document: dict[str, Any]) -> None:
+    """Whether the cluster is paused (since when) and how long the last resume took."""
+    pause = document.get("pause") or {}
+    if document.get("paused"):
+        since = time.strftime("%H:%M:%S", time.localtime(pause.get("paused_at_unix_s", 0)))
+        print(
+            f"\npaused since {since}: a new connection resumes it ({pause.get('pause_reason', '')})"
+        )
+    if "resume_ms_last" in pause:
+        at = time.strftime("%H:%M:%S", time.localtime(pause.get("resumed_at_unix_s", 0)))
+        print(f"last resume: {pause['resume_ms_last']} ms to the writer serving, at {at}")
 
 
 async def _set_health(process: dict[str, Any]) -> None:
@@ -504,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scaling_parser(commands)
 
+    pause = commands.add_parser("pause", help="stop the instances (storage and the router stay up)")
+    pause.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    pause.set_defaults(run=cmd_pause)
+    resume = commands.add_parser(
+        "resume", help="start a paused cluster's instances (a new connection does too)"
+    )
+    resume.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    resume.set_defaults(run=cmd_resume)
+
     down = commands.add_parser("down", help="stop the local cluster")
     down.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     down.set_defaults(run=cmd_down)
@@ -529,7 +573,9 @@ def add_scaling_bounds(parser: argparse.ArgumentParser) -> None:
         "--max-readers", type=int, help="readers at most (0: reader auto-scaling off)"
     )
     parser.add_argument(
-        "--auto-pause-s", type=float, help="pause an idle cluster after this long (stored only)"
+        "--auto-pause-s",
+        type=float,
+        help="pause an idle cluster (no statement, no connection) after this long (0: never)",
     )
 
 

@@ -30,6 +30,12 @@ everything here keeps:
   the read point): older read points read storage, which keeps every version
   at or above the PGMRPL, so the engine keeps no old page versions on a reader.
 
+Prewarm. Before a new reader serves, `prewarm` reads a list of pages (its writer's
+hottest, see compute_node/capacity.py HotPages) into the cache, a few at a time and
+for a bounded time. Each page is read at the read point of the moment and cached
+under the same checks as a miss in `read_page`, so the invariant above holds; a page
+already cached, beyond the file's end or never written is skipped.
+
 Threads: `read_page` runs on SQLite worker threads and waits for storage on the
 volume's event loop; everything else (begin, apply, advance) runs on the loop.
 """
@@ -39,11 +45,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from borealis import redo
-from borealis.errors import InvalidRequest, Unavailable
+from borealis.errors import BorealisError, InvalidRequest, Unavailable
 from borealis.ids import LSN_NONE, Epoch, Epochs, Lsn, PgIndex, VolumeId
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
@@ -74,7 +81,33 @@ REPLICA_METRICS = (
     ("replica_records_dropped_total", "counter", "Redo records of uncached pages dropped."),
     ("replica_resyncs_total", "counter", "Times the reader started over from a new hello."),
     ("replica_lsn_applied", "gauge", "The reader's read point (its VDL)."),
+    ("replica_prewarm_pages_listed", "gauge", "Pages the prewarm was asked to read."),
+    ("replica_prewarm_pages", "gauge", "Pages the prewarm read into the cache."),
+    ("replica_prewarm_failures", "gauge", "Prewarm page reads that failed."),
+    ("replica_prewarm_seconds", "gauge", "How long the prewarm took."),
+    ("replica_prewarm_timed_out", "gauge", "1 if the prewarm stopped at its time bound."),
 )
+
+
+@dataclass
+class PrewarmResult:
+    """What one prewarm did: pages listed, read from storage and cached (a page read
+    may not be cached, if the stream changed it meanwhile), failed reads, seconds."""
+
+    pages_listed: int = 0
+    pages_read: int = 0
+    pages_cached: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    timed_out: bool = False
+
+
+class PlannedRead(NamedTuple):
+    """A storage read of a page at a read point: the PG's newest LSN at or below it,
+    and the resubscription generation the read started in."""
+
+    lsn: Lsn
+    generation: int
 
 
 class StartPoint:
@@ -135,6 +168,7 @@ class ReplicaVolume:
         self.records_dropped = 0
         self.resyncs = 0
         self.storage_reads = 0
+        self.prewarmed = PrewarmResult()
         # Wall-clock time (ms) at which the last MTR was applied, and its commit time.
         self.applied_commit_time_us = 0
 
@@ -271,24 +305,91 @@ class ReplicaVolume:
             return cached.image
         if self._closed:
             raise Unavailable("the volume is closed", volume_id=self.volume_id)
-        pg = self._pg_of(page)
-        with self._apply_lock:
-            generation = self._generation
-            lsn = self._history.lsn_readable(pg, read_point)
-            known = pg in self._members
-        if not known or lsn == LSN_NONE:
+        planned = self._plan_read(page, read_point)
+        if planned is None:
             # No record of the PG at or below the read point: the page was never written.
             return ZERO_PAGE
         self.storage_reads += 1
-        image, page_lsn = self._run_blocking(self._reader.read_page(page, lsn), page=page)
+        image, page_lsn = self._run_blocking(self._reader.read_page(page, planned.lsn), page=page)
+        self._cache_read(page, image, page_lsn, read_point, planned.generation)
+        return image
+
+    def _plan_read(self, page: int, read_point: Lsn) -> PlannedRead | None:
+        """Where storage serves `page` at `read_point`; None if it was never written."""
+        pg = self._pg_of(page)
+        with self._apply_lock:
+            lsn = self._history.lsn_readable(pg, read_point)
+            if pg not in self._members or lsn == LSN_NONE:
+                return None
+            return PlannedRead(lsn, self._generation)
+
+    def _cache_read(
+        self, page: int, image: bytes, page_lsn: Lsn, read_point: Lsn, generation: int
+    ) -> bool:
+        """Caches a page read from storage at `read_point` if it is still the page's
+        version at the reader's read point (see the module docstring); True if cached."""
         with self._apply_lock:
             if (
                 generation == self._generation
                 and read_point >= self._cache_floor
                 and self._page_commit_lsn[page & PAGE_COMMIT_SLOT_MASK] <= read_point
             ):
-                self._cache.put(page, image, page_lsn)
-        return image
+                return self._cache.put(page, image, page_lsn)
+        return False
+
+    # -- prewarm (on the loop) ---------------------------------------------------------
+
+    async def prewarm(
+        self, pages: Sequence[int], concurrency: int, timeout_s: float
+    ) -> PrewarmResult:
+        """Reads `pages` (hottest first) into the cache, `concurrency` reads at a time,
+        for at most `timeout_s`; a failed read is counted and skipped. Runs on the loop
+        once the reader has a read point."""
+        assert threading.get_ident() == self._loop_thread
+        assert self._started, "prewarm before the reader has a read point"
+        assert concurrency > 0 and timeout_s > 0, (concurrency, timeout_s)
+        result = PrewarmResult(pages_listed=len(pages))
+        started_s = time.monotonic()
+        queue = iter(pages)
+        workers = [
+            asyncio.ensure_future(self._prewarm_worker(queue, result))
+            for _ in range(min(concurrency, len(pages)))
+        ]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=timeout_s)
+            result.timed_out = bool(pending)
+            for worker in pending:
+                worker.cancel()
+            # Cancelled workers end at once; the others ended already.
+            await asyncio.gather(*workers, return_exceptions=True)
+        result.seconds = time.monotonic() - started_s
+        self.prewarmed = result
+        return result
+
+    async def _prewarm_worker(self, queue: Iterator[int], result: PrewarmResult) -> None:
+        # Workers share one iterator: the loop runs one of them at a time, so each
+        # page goes to exactly one worker.
+        for page in queue:
+            if self._closed:
+                return
+            if page >= self._page_count or page in self._cache:
+                continue
+            read_point = self._lsn_applied
+            planned = self._plan_read(page, read_point)
+            if planned is None:
+                continue
+            try:
+                image, page_lsn = await self._reader.read_page(page, planned.lsn)
+            except BorealisError as error:
+                result.failures += 1
+                # Storage in trouble fails every read: one line says so, the
+                # count says how many.
+                if result.failures == 1:
+                    log.warning("prewarm page read failed", page=page, error=repr(error))
+                continue
+            result.pages_read += 1
+            if self._cache_read(page, image, page_lsn, read_point, planned.generation):
+                result.pages_cached += 1
 
     def admit(self, changes: CommitChanges) -> None:
         raise InvalidRequest("a reader instance does not write")
@@ -350,6 +451,11 @@ class ReplicaVolume:
             ("replica_records_dropped_total", {}, self.records_dropped),
             ("replica_resyncs_total", {}, self.resyncs),
             ("replica_lsn_applied", {}, self._lsn_applied),
+            ("replica_prewarm_pages_listed", {}, self.prewarmed.pages_listed),
+            ("replica_prewarm_pages", {}, self.prewarmed.pages_cached),
+            ("replica_prewarm_failures", {}, self.prewarmed.failures),
+            ("replica_prewarm_seconds", {}, self.prewarmed.seconds),
+            ("replica_prewarm_timed_out", {}, int(self.prewarmed.timed_out)),
         ]
 
     async def close(self) -> None:

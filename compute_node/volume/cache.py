@@ -17,6 +17,7 @@ between chunks.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ LOCK_CHUNK_PAGES = 1024
 # not rebuild on every write).
 HEAP_SLACK_FACTOR = 2
 HEAP_SLACK_FLOOR = 64
+
+# The longest hot list `hot_pages` gives (256 MiB of 4 KiB pages, a 2 BCU cache): the
+# list is built under the lock, and a new reader cannot read more than this many
+# pages within its prewarm time bound anyway.
+HOT_PAGES_MAX = 65536
 
 
 CACHE_METRICS = (
@@ -299,6 +305,18 @@ class BufferCache:
             ("buffer_cache_over_capacity_bytes", {}, stats.over_capacity_bytes),
             ("buffer_cache_over_capacity_events_total", {}, stats.over_capacity_events),
         ]
+
+    def hot_pages(self, pages_max: int) -> list[int]:
+        """The hottest cached pages, at most `pages_max` (<= HOT_PAGES_MAX): pages at
+        or below the VDL most recently used first, then pages above the VDL (written
+        in the last few milliseconds, not yet durable; a reader prewarming from this
+        list reads them at its own, older, read point). A new reader prewarms its
+        cache from its writer's list (compute_node/replication/replica.py)."""
+        assert 0 <= pages_max <= HOT_PAGES_MAX, pages_max
+        with self._lock:
+            hot = list(itertools.islice(reversed(self._evictable), pages_max))
+            hot += itertools.islice(self._pinned, pages_max - len(hot))
+            return hot
 
     def lru_order(self) -> list[int]:
         """Evictable pages, least recently used first (for tests and debugging)."""

@@ -1,4 +1,5 @@
-"""The buffer cache: byte bound, LRU order, pages above the VDL never evicted."""
+"""The buffer cache: byte bound, LRU order, pages above the VDL never evicted, and the
+hot list a new reader prewarms from."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from borealis import metrics
 from borealis.ids import Lsn
-from compute_node.volume.cache import LOCK_CHUNK_PAGES, BufferCache
+from compute_node.volume.cache import HOT_PAGES_MAX, LOCK_CHUNK_PAGES, BufferCache
 
 pytestmark = pytest.mark.unit
 
@@ -259,6 +260,48 @@ def test_lru_order_matches_a_model(operations: list[tuple[bool, int]]) -> None:
                 model.remove(page)
                 model.append(page)
         assert cache.lru_order() == model
+        # The hot list is the same order reversed, cut at any bound.
+        assert cache.hot_pages(len(model)) == model[::-1]
+        assert cache.hot_pages(2) == model[::-1][:2]
+
+
+def test_hot_pages_are_most_recently_used_first_and_bounded() -> None:
+    cache = BufferCache(capacity_bytes=5 * PAGE_BYTES, vdl=Lsn(100))
+    for page in (1, 2, 3, 4, 5):
+        cache.put(page, image(page), Lsn(page))
+    cache.get(2)
+    stats_before = cache.stats()
+    assert cache.hot_pages(10) == [2, 5, 4, 3, 1]
+    assert cache.hot_pages(3) == [2, 5, 4]
+    assert cache.hot_pages(0) == []
+    # Listing is not a use: order and counters stay as they were.
+    assert cache.lru_order() == [1, 3, 4, 5, 2]
+    assert cache.stats() == stats_before
+    with pytest.raises(AssertionError):
+        cache.hot_pages(HOT_PAGES_MAX + 1)
+
+
+def test_hot_pages_list_pages_above_the_vdl_after_the_evictable_ones() -> None:
+    cache = BufferCache(capacity_bytes=10 * PAGE_BYTES, vdl=Lsn(10))
+    cache.put(1, image(1), Lsn(5))
+    cache.put(2, image(2), Lsn(20))  # pinned: not durable yet
+    cache.put(3, image(3), Lsn(6))
+    cache.put(4, image(4), Lsn(30))  # pinned
+    assert cache.hot_pages(10) == [3, 1, 2, 4]
+    assert cache.hot_pages(3) == [3, 1, 2]
+    # Once durable they join the LRU order as just used, so they lead the list.
+    cache.set_vdl(Lsn(100))
+    assert cache.hot_pages(10) == [4, 2, 3, 1]
+
+
+def test_hot_pages_of_a_full_large_cache_are_bounded() -> None:
+    pages = HOT_PAGES_MAX + 10
+    cache = BufferCache(capacity_bytes=pages, vdl=Lsn(2))
+    for page in range(pages):
+        cache.put(page, b"x", Lsn(1))
+    hot = cache.hot_pages(HOT_PAGES_MAX)
+    assert len(hot) == HOT_PAGES_MAX
+    assert hot[0] == pages - 1 and hot[-1] == 10
 
 
 def test_metrics_are_rendered() -> None:
