@@ -1,8 +1,8 @@
 """A port allocator that test-binds every port it hands out.
 
-Ports come from a range (offset by process id so concurrent test runs rarely
-meet), each bound once on loopback to prove it is free at that moment, and never
-handed out twice by the same allocator.
+Ports come from a range below the kernel's ephemeral ports (offset by process id
+so concurrent test runs rarely meet), each bound once on loopback to prove it is
+free at that moment, and never handed out twice by the same allocator.
 """
 
 from __future__ import annotations
@@ -12,7 +12,23 @@ import socket
 
 from borealis.errors import ResourceExhausted
 
-PORT_RANGE = (20000, 60000)
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def _port_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range. A port handed out is bound by its
+    process only later; inside the ephemeral range, an outgoing connection (a
+    router's, a gRPC channel's) may take it as its local port meanwhile and keep it,
+    and the process then fails to start with "address already in use"."""
+    try:
+        with open(EPHEMERAL_RANGE_FILE) as file:
+            ephemeral_low = int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    return 10000, max(ephemeral_low, 10000 + 4096)
+
+
+PORT_RANGE = _port_range()
 
 
 class PortAllocator:
