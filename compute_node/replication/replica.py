@@ -131,11 +131,9 @@ class ReplicaVolume:
         self._loop_thread = threading.get_ident()
         self.volume_id = volume_id
         self.config = config
-        self._nodes = {node.node: node for node in nodes}
         timeout_s = config.control_rpc_timeout_ms / 1000
         self._clients = {
-            name: StorageClient(node.address, timeout_s=timeout_s)
-            for name, node in self._nodes.items()
+            node.node: StorageClient(node.address, timeout_s=timeout_s) for node in nodes
         }
         self._volume_epoch = Epoch(0)
         self._pages_per_pg = 0
@@ -197,7 +195,6 @@ class ReplicaVolume:
         timeout_s = self.config.control_rpc_timeout_ms / 1000
         for member in members:
             if member.node not in self._clients:
-                self._nodes[member.node] = member
                 self._clients[member.node] = StorageClient(member.address, timeout_s=timeout_s)
         self._members[pg] = list(members)
         self._membership_epoch[pg] = membership_epoch
