@@ -8,6 +8,9 @@ from pathlib import Path
 from compute_node.capacity import BCU_DEFAULT, bcu_problem
 
 ROLES = ("writer", "reader")
+# Written in the instance's directory while its process is parked (the cluster is
+# paused, compute_node/instance.py); the control plane waits for it.
+PARKED_FILE = "parked"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,12 @@ process is not restarted because starting one (imports alone) takes longer than 
 rest of the promotion. A demoted writer is restarted as a reader. A reader follows
 the writer cluster.json names (so it finds a promoted writer), and only before
 cluster.json names one, the configured `writer_address`.
+
+Pause parks the writer (SIGUSR2, control_plane/pause.py): it closes its endpoints,
+engine and volume as on a clean stop, writes `parked` in its directory, and waits
+in the same process, holding no cache and no connection. SIGUSR1 opens the volume
+again (recovery, a new volume epoch) and serves; SIGTERM ends it. Resuming a warm
+process skips the interpreter's start and imports, most of a cold start.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from compute_node.capacity import (
     start_sampler,
     stop_sampler,
 )
-from compute_node.config import ComputeNodeConfig
+from compute_node.config import PARKED_FILE, ComputeNodeConfig
 from compute_node.engine.sessions import Engine
 from compute_node.replication.heartbeat import Heartbeats, Status
 from compute_node.replication.publisher import SERVICE_NAME as REPLICATION_SERVICE
@@ -133,19 +139,45 @@ class Instance:
         # (kept across a promotion).
         self.capacity_bcu = config.capacity_bcu
         self._promote = asyncio.Event()
+        self._park = asyncio.Event()
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # Set by the control plane's SIGUSR1: a reader becomes the writer in place.
         loop.add_signal_handler(signal.SIGUSR1, self._promote.set)
+        # Set by the control plane's SIGUSR2: the writer parks (the cluster pauses).
+        loop.add_signal_handler(signal.SIGUSR2, self._park.set)
         if self.config.role == "reader":
             if not await self._run_reader():
                 return
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             self._become_writer()
-        await self._run_writer()
+        while await self._run_writer():
+            if not await self._until_unparked():
+                return
+
+    async def _until_unparked(self) -> bool:
+        """Parked (see the module docstring): nothing open but the process, until
+        SIGUSR1 (True: open the volume again) or SIGTERM/SIGINT (False)."""
+        marker = self.config.data_dir / PARKED_FILE
+        self._promote.clear()
+        marker.write_text("parked\n")
+        log.info("instance parked", name=self.config.name)
+        stopped = asyncio.ensure_future(until_stopped())
+        unparked = asyncio.ensure_future(self._promote.wait())
+        try:
+            await asyncio.wait({stopped, unparked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            unparked.cancel()
+            marker.unlink(missing_ok=True)
+        if not unparked.done() or unparked.cancelled():
+            return False
+        log.info("instance unparked: opening the volume again", name=self.config.name)
+        self.metrics = Metrics("borealis_instance")
+        return True
 
     def _become_writer(self) -> None:
         """After a reader's promotion: the writer's config (the control plane has written
@@ -154,7 +186,8 @@ class Instance:
         self.metrics = Metrics("borealis_instance")
         log.info("promoted: opening the volume as its writer", name=self.config.name)
 
-    async def _run_writer(self) -> None:
+    async def _run_writer(self) -> bool:
+        """The writer until SIGTERM (False), or until it parks (True)."""
         volume = await open_volume(self.config, self.capacity_bcu)
         volume.register_metrics(self.metrics)
         publisher = Publisher(volume)
@@ -183,9 +216,9 @@ class Instance:
             [*SERVICE_NAMES, REPLICATION_SERVICE, MEMBERSHIP_SERVICE], capacity, add_services
         )
         heartbeats = self._heartbeats(lambda: Status(lsn=volume.vdl))
-        fenced = await self._until_stopped_or_fenced(volume)
+        fenced, parked = await self._until_stopped_fenced_or_parked(volume)
 
-        log.info("instance stopping", name=config.name)
+        log.info("instance stopping", name=config.name, parked=parked)
         heartbeats.cancel()
         await stop_sampler(sampler)
         await postgres.close()
@@ -202,22 +235,28 @@ class Instance:
             # Exits non-zero: the supervisor starts it again as its config says
             # (a reader, after a failover).
             raise fenced
+        return parked
 
-    async def _until_stopped_or_fenced(self, volume: Volume) -> WriterFenced | None:
-        """Waits for SIGTERM/SIGINT, or for storage to fence this writer (a newer
-        writer took over the volume: this one was partitioned or paused). Fenced, it
-        steps down by itself rather than answer 25006 to every write: after a short
-        drain, so that the clients of the commits it failed get their error."""
+    async def _until_stopped_fenced_or_parked(
+        self, volume: Volume
+    ) -> tuple[WriterFenced | None, bool]:
+        """Waits for SIGTERM/SIGINT, for SIGUSR2 (park: the second result is True), or
+        for storage to fence this writer (a newer writer took over the volume: this
+        one was partitioned or paused). Fenced, it steps down by itself rather than
+        answer 25006 to every write: after a short drain, so that the clients of the
+        commits it failed get their error."""
+        self._park.clear()
         stopped = asyncio.ensure_future(until_stopped())
         fenced = asyncio.ensure_future(volume.until_fenced())
-        await asyncio.wait({stopped, fenced}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        fenced.cancel()
-        if not fenced.done() or fenced.cancelled():
-            return None
-        log.error("fenced by a newer writer: stepping down", name=self.config.name)
-        await asyncio.sleep(STEP_DOWN_DRAIN_S)
-        return fenced.result()
+        park = asyncio.ensure_future(self._park.wait())
+        await asyncio.wait({stopped, fenced, park}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopped, fenced, park):
+            waiter.cancel()
+        if fenced.done() and not fenced.cancelled():
+            log.error("fenced by a newer writer: stepping down", name=self.config.name)
+            await asyncio.sleep(STEP_DOWN_DRAIN_S)
+            return fenced.result(), False
+        return None, park.done() and not park.cancelled() and not stopped.done()
 
     async def _run_reader(self) -> bool:
         """A reader instance (see the module docstring) until SIGTERM or promotion;

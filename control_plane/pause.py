@@ -2,16 +2,20 @@
 
 With `auto_pause_s` N > 0 (cluster.json "scaling"), a cluster whose instances
 finished no statement, ran none and had no client connection for N seconds is
-paused: the supervisor stops every instance cleanly (readers first, then the
-writer, which waits for durability on SIGTERM), and cluster.json says
-`paused: true` with each instance's state "paused". Storage nodes, the router and
-the control plane stay up. A paused instance is neither supervised (not restarted)
+paused: the supervisor stops the readers cleanly and parks the writer (SIGUSR2:
+it closes its endpoints, engine and volume, waiting for durability as on a clean
+stop, and waits in the same process; compute_node/instance.py), and cluster.json
+says `paused: true` with each instance's state "paused". Storage nodes, the router
+and the control plane stay up. A parked writer holds no cache, no connection and
+no capacity (metering counts none); keeping its process saves the interpreter's
+start and imports at the resume, which is most of a cold start. A paused instance is neither supervised (not restarted)
 nor failed over (control_plane/failover.py counts only supervised states).
 
 Resume is asked by the router (router/proxy.py) when a client logs in to an
 endpoint with no instance while cluster.json says paused, and by `borealis
-resume`; the router holds the login meanwhile (login_wait_ms). The writer starts
-again (its Volume.open runs recovery, as after any restart), then the readers.
+resume`; the router holds the login meanwhile (login_wait_ms). The parked writer
+opens the volume again (SIGUSR1; Volume.open runs recovery, as after any restart;
+a writer process that is gone is started instead), then the readers start.
 Resume is idempotent: a second request while one runs waits for it (the
 supervisor's lock) and finds the cluster running. The time from the request to
 the writer serving is logged, exported (`borealis_control_plane_resume_seconds_last`)
@@ -23,12 +27,15 @@ feeds it each pass what it measured, with the time passed in.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from borealis.errors import Unavailable
 from borealis.log import get_logger
+from borealis.wait import wait_until
+from compute_node.config import PARKED_FILE
 
 if TYPE_CHECKING:
     from control_plane.supervisor import Supervisor
@@ -38,6 +45,10 @@ log = get_logger("control_plane.pause")
 
 PAUSED = "paused"
 RUNNING = "running"
+# A clean park waits for durability (bounded by the instance's shutdown grace).
+PARK_TIMEOUT_S = 10.0
+# How often a resume looks for the writer serving: its wait is the resume's time.
+SERVING_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,10 @@ class Pauser:
             supervisor.write_cluster_file()
             # Readers first: a writer gone first would end their redo streams.
             for instance in sorted(instances, key=lambda each: each.role == "writer"):
-                instance.stop()
+                if instance.role == "writer":
+                    self._park(instance)
+                else:
+                    instance.stop()
             supervisor.write_cluster_file()
             duration_s = time.monotonic() - began
         log.info(
@@ -161,7 +175,7 @@ class Pauser:
             writer = supervisor.cluster.writer()
             if not self.paused:
                 return ResumeResult(False, 0.0, writer.name)
-            self._start([writer])
+            self._unpark_or_start(writer)
             duration_s = time.monotonic() - began
             self._record(
                 paused=False,
@@ -184,15 +198,44 @@ class Pauser:
             supervisor.write_cluster_file()
         return ResumeResult(True, duration_s, writer.name)
 
+    def _park(self, writer: InstanceProcess) -> None:
+        """(Under the supervisor's lock.) Parks the writer's process (SIGUSR2: it closes
+        everything and waits, warm, for the resume); stops it if it does not park."""
+        marker = writer.directory / PARKED_FILE
+        writer.signal(signal.SIGUSR2)
+        try:
+            wait_until(
+                lambda: marker.exists() or not writer.is_running(),
+                PARK_TIMEOUT_S,
+                interval_s=0.02,
+                what=f"{writer.name} to park",
+            )
+        except Unavailable:
+            log.warning("writer did not park: stopping it", name=writer.name)
+        if not marker.exists():
+            writer.stop()
+
+    def _unpark_or_start(self, writer: InstanceProcess) -> None:
+        """(Under the supervisor's lock.) SIGUSR1 to a parked writer, else a new process."""
+        writer.state = "starting"
+        if writer.is_running() and (writer.directory / PARKED_FILE).exists():
+            writer.signal(signal.SIGUSR1)
+        else:
+            writer.start(wait=False)
+        self._await_serving([writer])
+
     def _start(self, instances: list[InstanceProcess]) -> None:
         """(Under the supervisor's lock.) Starts the instances at once and waits for each."""
-        supervisor = self._supervisor
         for instance in instances:
             instance.state = "starting"
             instance.start(wait=False)
+        self._await_serving(instances)
+
+    def _await_serving(self, instances: list[InstanceProcess]) -> None:
+        supervisor = self._supervisor
         for instance in instances:
             try:
-                instance.wait_serving()
+                instance.wait_serving(interval_s=SERVING_POLL_S)
             except Unavailable as error:
                 # Seen as exited by the next supervision pass, which restarts it with backoff.
                 log.warning("instance did not resume", name=instance.name, error=str(error)[:300])

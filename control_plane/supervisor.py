@@ -199,13 +199,27 @@ class Supervisor:
         return self.pauser.resume(reason)
 
     def add_reader(self, tier: int) -> InstanceProcess:
+        """Starts a new reader and waits for it to serve. The wait (a process start
+        and the prewarm, seconds) is outside the lock, so that failover and
+        supervision go on meanwhile; a reader that fails to start is forgotten."""
         with self.lock:
             if not any(i.role == "writer" for i in self.cluster.instances):
                 raise InvalidRequest("the cluster has no writer to read from")
             if self.pauser.paused:
                 raise InvalidRequest("the cluster is paused; resume it first")
-            reader = self.cluster.add_reader(tier)
-            self.started(reader)
+            reader = self.cluster.add_reader(tier, wait=False)
+        try:
+            reader.wait_serving()
+        except Unavailable:
+            with self.lock:
+                self.cluster.remove_instance(reader.name)
+            raise
+        with self.lock:
+            # A pause or a stop while it started has decided its state already.
+            if reader.state == "starting":
+                reader.state = "running"
+                self.started(reader)
+                self.write_cluster_file()
         log.info("reader added", name=reader.name, tier=tier, pid=reader.pid)
         return reader
 

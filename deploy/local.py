@@ -96,7 +96,7 @@ class NodeProcess:
         if wait:
             self.wait_serving()
 
-    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
+    def wait_serving(self, timeout_s: float = START_TIMEOUT_S, interval_s: float = 0.1) -> None:
         def serving_or_exited() -> bool:
             # wait_until retries a check that raises, so an exit must end the wait
             # by returning: a process that cannot start is known as soon as it exits,
@@ -106,7 +106,9 @@ class NodeProcess:
             return asyncio.run(rpc.health_status(self.address, 1.0)) == "SERVING"
 
         try:
-            wait_until(serving_or_exited, timeout_s, interval_s=0.1, what=f"{self.name} to serve")
+            wait_until(
+                serving_or_exited, timeout_s, interval_s=interval_s, what=f"{self.name} to serve"
+            )
         except Unavailable as error:
             raise Unavailable(f"{error}; log tail:\n{self.log_tail()}") from None
         if not self.is_running():
@@ -378,16 +380,18 @@ class LocalCluster:
         routers = [self.router] if self.router is not None else []
         return [*self.storage_nodes, *self.instances, *routers]
 
-    def add_reader(self, tier: int = 1) -> InstanceProcess:
-        """A new reader instance (started, serving) named after the highest so far."""
+    def add_reader(self, tier: int = 1, wait: bool = True) -> InstanceProcess:
+        """A new reader instance named after the highest so far: started and serving,
+        or with `wait` False, started and "starting" (the caller waits for it)."""
         numbers = [
             int(i.name[1:]) for i in self.instances if i.name[:1] == "r" and i.name[1:].isdigit()
         ]
         reader = self._instance(f"r{max(numbers, default=0) + 1}", "reader", tier)
         self.instances.append(reader)
         reader.state = "starting"
-        reader.start()
-        reader.state = "running"
+        reader.start(wait=wait)
+        if wait:
+            reader.state = "running"
         self.write_cluster_file()
         return reader
 

@@ -359,6 +359,9 @@ class ReplicaVolume:
                 worker.cancel()
             # Cancelled workers end at once; the others ended already.
             await asyncio.gather(*workers, return_exceptions=True)
+        # Read hottest first (the reads most worth their time), but cached in the
+        # writer's LRU order: the hottest most recently used, the first kept.
+        self._cache.touch(reversed(pages))
         result.seconds = time.monotonic() - started_s
         self.prewarmed = result
         return result

@@ -20,6 +20,7 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -189,6 +190,15 @@ class BufferCache:
             return True
 
     # -- owner operations ------------------------------------------------------------
+
+    def touch(self, pages: Iterable[int]) -> None:
+        """Marks the cached ones of `pages` recently used, in order (the last is the
+        most recent), without counting hits: a prewarm that read the hottest page
+        first calls this coldest first, so that eviction takes the coldest first."""
+        with self._lock:
+            for page in pages:
+                if page in self._evictable:
+                    self._evictable.move_to_end(page)
 
     def set_vdl(self, vdl: Lsn) -> None:
         """Advances the VDL: pages at or below it become evictable (most recently

@@ -2,13 +2,16 @@
 (a writer, a reader, a router) with auto_pause_s 2 s.
 
 While a client runs queries, and while it only holds its connection open, the
-cluster does not pause. Once it is idle it pauses: the instances' processes are
-gone, storage and the router stay up, cluster.json says paused. A new psql
+cluster does not pause. Once it is idle it pauses: the reader's process is gone,
+the writer's is parked (alive, its PostgreSQL port closed), storage and the router
+stay up, cluster.json says paused. A new psql
 connection through the writer endpoint resumes it and its first query returns the
 data written before the pause; the resume time is recorded (cluster.json, the
 control plane's metrics) and the router logs how long it held the login. After it
 pauses again, a psycopg connection resumes it the same way. `borealis status`
 shows the pause and the last resume; `borealis pause` and `resume` work by hand.
+The resumes reuse the parked writer's process; when that process is gone (killed
+while paused), a resume starts a new one.
 
 The pause policy (sans-IO) is checked first, with a fake clock.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,6 +33,7 @@ import pytest
 
 from borealis.cli import main as cli
 from borealis.wait import wait_until
+from compute_node.config import PARKED_FILE
 from control_plane.pause import Activity, PausePolicy
 from control_plane.scaling import ScalingSettings
 from control_plane.supervisor import Supervisor
@@ -127,15 +132,26 @@ def paused_cluster(tmp_path: Path, port_allocator: PortAllocator) -> Iterator[Ru
 
 
 def wait_paused(running: Running) -> dict[str, Any]:
-    """Waits for cluster.json to say paused with every instance's process gone."""
+    """Waits for cluster.json to say paused with the readers' processes gone and the
+    writer's parked: alive, marked parked, its PostgreSQL port refusing connections."""
+
+    def settled(entry: dict[str, Any]) -> bool:
+        if entry["state"] != "paused":
+            return False
+        if entry["role"] != "writer":
+            return not pid_alive(entry["pid"])
+        writer = running.cluster.writer()
+        return pid_alive(entry["pid"]) and (writer.directory / PARKED_FILE).exists()
 
     def paused() -> dict[str, Any] | None:
         document = running.document()
-        instances = document["instances"]
-        gone = all(each["state"] == "paused" and not pid_alive(each["pid"]) for each in instances)
-        return document if document["paused"] and gone else None
+        return document if document["paused"] and all(map(settled, document["instances"])) else None
 
-    return wait_until(paused, PAUSE_BOUND_S, interval_s=0.1, what="the cluster to pause")
+    document = wait_until(paused, PAUSE_BOUND_S, interval_s=0.1, what="the cluster to pause")
+    writer = running.cluster.writer()
+    with pytest.raises(OSError):
+        socket.create_connection((writer.pg_host, writer.pg_port), timeout=1).close()
+    return document
 
 
 def assert_storage_and_router_up(running: Running) -> None:
@@ -212,6 +228,7 @@ def test_idle_cluster_pauses_and_a_new_connection_resumes_it(
     assert running.metric("paused") == 1
     assert "paused since" in borealis(running, capsys, "status")
 
+    parked_pid = running.cluster.writer().pid
     began = time.monotonic()
     assert psql_first_query(running) == expected
     psql_s = time.monotonic() - began
@@ -222,6 +239,9 @@ def test_idle_cluster_pauses_and_a_new_connection_resumes_it(
     assert running.metric("resumes_total") == 1
     assert running.metric("resume_seconds_last") == pytest.approx(resume_ms / 1000, abs=0.01)
     wait_until(lambda: "held login served" in router_log(running), 5, what="the router's log")
+    # The parked process resumed: the same pid, no longer marked parked.
+    assert running.cluster.writer().pid == parked_pid
+    assert not (running.cluster.writer().directory / PARKED_FILE).exists()
     # The reader came back too.
     wait_until(
         lambda: all(each["state"] == "running" for each in running.document()["instances"]),
@@ -248,3 +268,12 @@ def test_idle_cluster_pauses_and_a_new_connection_resumes_it(
     assert "resumed: w1 serving after" in borealis(running, capsys, "resume")
     assert running.document()["paused"] is False
     assert running.metric("resumes_total") == 3
+
+    # A parked writer killed while paused: the resume starts a new process.
+    borealis(running, capsys, "pause")
+    writer = running.cluster.writer()
+    killed_pid = writer.pid
+    writer.kill()
+    assert "resumed: w1 serving after" in borealis(running, capsys, "resume")
+    assert running.cluster.writer().pid != killed_pid and running.cluster.writer().is_running()
+    assert psql_first_query(running) == expected

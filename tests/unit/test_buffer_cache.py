@@ -281,6 +281,26 @@ def test_hot_pages_are_most_recently_used_first_and_bounded() -> None:
         cache.hot_pages(HOT_PAGES_MAX + 1)
 
 
+def test_touch_orders_a_prewarm_like_the_writers_list() -> None:
+    """A prewarm caches the writer's list hottest first, then touches it coldest
+    first: the copy's hot list is the writer's, and eviction takes the coldest."""
+    writer = BufferCache(capacity_bytes=4 * PAGE_BYTES, vdl=Lsn(100))
+    for page in (1, 2, 3, 4):
+        writer.put(page, image(page), Lsn(page))
+    writer.get(1)
+    hot = writer.hot_pages(4)
+    reader = BufferCache(capacity_bytes=4 * PAGE_BYTES, vdl=Lsn(100))
+    for page in hot:
+        reader.put(page, image(page), Lsn(page))
+    stats_before = reader.stats()
+    reader.touch([9, *reversed(hot)])  # a page not cached is skipped
+    assert reader.hot_pages(4) == hot == [1, 4, 3, 2]
+    assert reader.stats() == stats_before  # not a hit
+    reader.put(5, image(5), Lsn(5))
+    assert 2 not in reader and 1 in reader
+    reader.check_invariants()
+
+
 def test_hot_pages_list_pages_above_the_vdl_after_the_evictable_ones() -> None:
     cache = BufferCache(capacity_bytes=10 * PAGE_BYTES, vdl=Lsn(10))
     cache.put(1, image(1), Lsn(5))
