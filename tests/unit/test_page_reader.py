@@ -201,7 +201,9 @@ def test_chooses_the_fastest_node_after_measuring_each_once() -> None:
 def test_exploration_sometimes_tries_another_complete_node() -> None:
     cluster = FakeCluster()
     for name in NODES[1:]:
-        cluster.nodes[name].delay_s = 0.002  # s1 is clearly the fastest
+        # s1 is clearly the fastest, also on a loaded machine (whose scheduling delays
+        # add to every node's measured latency).
+        cluster.nodes[name].delay_s = 0.02
 
     async def scenario() -> None:
         async with cluster.reader(explore_ratio=0.5, rng_seed=7) as reader:
