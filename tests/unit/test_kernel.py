@@ -185,7 +185,8 @@ def test_to_toml_round_trips_through_load(
         coalesce_deltas_max=coalesce,
         log_level=log_level,
     )
-    path = tmp_path_factory.mktemp("config") / "node.toml"
+    # One file rewritten by every example: a new directory per example cost seconds.
+    path = tmp_path_factory.getbasetemp() / "round_trip_node.toml"
     path.write_text("[storage_node]\n" + config.to_toml(original), encoding="utf-8")
     assert config.load(StorageNodeConfig, path, table="storage_node") == original
 
