@@ -81,10 +81,10 @@ from bench import report  # noqa: E402
 from bench.failover import endpoint_of_url  # noqa: E402
 from bench.pgbench_compare import Endpoint, endpoint_of_cluster, filesystem_of  # noqa: E402
 from bench.replica_lag import percentile  # noqa: E402
-from borealis import metrics  # noqa: E402
+from borealis import metrics, rpc  # noqa: E402
 from borealis.errors import BorealisError, Unavailable  # noqa: E402
 from control_plane.autoscaler import CapacitySettings  # noqa: E402
-from deploy.local import pid_alive, read_cluster_file  # noqa: E402
+from deploy.local import configure_transport_from, pid_alive, read_cluster_file  # noqa: E402
 from deploy.ports import PortAllocator  # noqa: E402
 from proto import admin_pb2, admin_pb2_grpc, capacity_pb2, capacity_pb2_grpc  # noqa: E402
 
@@ -389,7 +389,7 @@ class Sampler:
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+            channel = self._channels[address] = rpc.sync_channel(address)
         return channel
 
     def _sample(self) -> Sample:
@@ -475,6 +475,8 @@ def borealis_cluster(data_dir: Path, auto_pause_s: float | None) -> Iterator[Non
         if done.returncode != 0:
             raise Unavailable(f"borealis up failed:\n{done.stdout}{done.stderr}")
         print(f"  borealis up: {time.monotonic() - started:.1f}s", flush=True)
+        # The samples' gRPC calls go with the cluster's credentials.
+        configure_transport_from(read_cluster_file(data_dir))
         settings = [item for pair in SCALING_SET.items() for item in map(str, pair)]
         done = borealis_cli("scaling", "set", "--data-dir", str(data_dir), *settings)
         if done.returncode != 0:

@@ -118,6 +118,11 @@ class Corruption(BorealisError):
     """Stored data failed its checksum. It is never served; a repair is scheduled."""
 
 
+class KeyUnavailable(BorealisError):
+    """A data key cannot be had or does not fit the data: a missing or unreadable master
+    key file, a wrong key, an unreachable KMS. A storage node refuses to start on it."""
+
+
 class FailpointError(BorealisError):
     """A failpoint set to `error` fired."""
 
@@ -142,6 +147,9 @@ ERROR_TABLE: tuple[tuple[type[BorealisError], grpc.StatusCode, str], ...] = (
     (QueryCanceled, grpc.StatusCode.CANCELLED, "57014"),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "53000"),
     (Corruption, grpc.StatusCode.DATA_LOSS, "XX001"),
+    # The data is there but cannot be opened here (SQLSTATE 58000: system error). A
+    # storage node refuses to start on it, so it reaches a client only as a failure.
+    (KeyUnavailable, grpc.StatusCode.INTERNAL, "58000"),
     (FailpointError, grpc.StatusCode.INTERNAL, "XX000"),
     (BorealisError, grpc.StatusCode.INTERNAL, "XX000"),
 )

@@ -34,10 +34,11 @@ class Serving:
         metrics: Metrics,
         metrics_port: int | None,
     ) -> Serving:
-        """Adds health, listens (port 0 picks one, written to data_dir/address), serves
-        /metrics when a metrics port is set, and reports SERVING."""
+        """Adds health, listens (port 0 picks one, written to data_dir/address) with the
+        process's transport security, serves /metrics when a metrics port is set, and
+        reports SERVING."""
         health = rpc.add_health(server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = rpc.listen(server, f"{host}:{port}")
         await server.start()
         serving = cls(server, health, services, bound)
         if metrics_port is not None:

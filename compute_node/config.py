@@ -33,6 +33,10 @@ class ComputeNodeConfig:
     # The router's secret (file, mode 0600): a login presenting it skips SCRAM, the
     # router having authenticated the client itself. None: no proxy logins.
     proxy_secret_file: Path | None = None
+    # The PostgreSQL endpoint's TLS certificate and key (PEM, `up --tls`): an
+    # SSLRequest is then accepted. None: answered "N" (no TLS).
+    pg_tls_cert_file: Path | None = None
+    pg_tls_key_file: Path | None = None
     pg_connections_max: int = 200
     # A Query or Parse message with a longer statement gets SQLSTATE 54000.
     pg_statement_bytes_max: int = 2**20
@@ -91,3 +95,5 @@ class ComputeNodeConfig:
         problem = bcu_problem(self.capacity_bcu)
         if problem is not None:
             raise ValueError(f"capacity_bcu: {problem}")
+        if (self.pg_tls_cert_file is None) != (self.pg_tls_key_file is None):
+            raise ValueError("pg_tls_cert_file and pg_tls_key_file are set together")

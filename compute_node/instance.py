@@ -50,7 +50,7 @@ from collections.abc import Callable
 
 from grpc import aio
 
-from borealis import rpc
+from borealis import rpc, tls
 from borealis.admin import AdminService
 from borealis.errors import AlreadyExists, BorealisError, InvalidRequest, WriterFenced
 from borealis.ids import VolumeId
@@ -431,12 +431,16 @@ class Instance:
         proxy_secret = None
         if config.proxy_secret_file is not None:
             proxy_secret = config.proxy_secret_file.read_text().strip()
+        ssl_context = None
+        if config.pg_tls_cert_file is not None and config.pg_tls_key_file is not None:
+            ssl_context = tls.endpoint_ssl_context(config.pg_tls_cert_file, config.pg_tls_key_file)
         settings = ServerSettings(
             server_version=SERVER_VERSION,
             connections_max=config.pg_connections_max,
             query_bytes_max=config.pg_statement_bytes_max,
             read_only=config.role != "writer",
             proxy_secret=proxy_secret,
+            ssl_context=ssl_context,
         )
         server = await start_server(
             config.host, config.pg_port, backend, self._verifier_of, settings

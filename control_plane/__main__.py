@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from borealis import faults, log
+from borealis import faults, log, rpc
 from borealis.errors import BorealisError
 from control_plane.failover import FailoverPolicy, FailoverSettings
 from control_plane.metering import start_metering
@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--instance-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-writer", action="store_true", help="start only the storage tier")
     parser.add_argument("--readers", type=int, default=0, help="reader instances to start")
+    parser.add_argument(
+        "--tls", action="store_true", help="TLS on the PostgreSQL endpoints of a new cluster"
+    )
     defaults = FailoverSettings()
     parser.add_argument("--heartbeat-interval-ms", type=int, default=defaults.heartbeat_interval_ms)
     parser.add_argument(
@@ -143,6 +146,7 @@ def build_cluster(args: argparse.Namespace) -> LocalCluster:
         instance_overrides=dict(item.split("=", 1) for item in args.instance_set),
         readers=args.readers,
         router=not args.no_writer,
+        client_tls=args.tls,
     )
 
 
@@ -156,7 +160,10 @@ def serve(port: int, supervisor: Supervisor) -> tuple[grpc.Server, health.Health
     # Metering samples the cluster in its own thread until the supervisor stops.
     metering_pb2_grpc.add_MeteringServicer_to_server(start_metering(supervisor), server)
     admin_pb2_grpc.add_AdminServicer_to_server(ControlPlaneAdmin(supervisor), server)
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+    # Mutual TLS with the cluster's credentials, like every process of the cluster:
+    # the control plane creates them when it creates the cluster.
+    supervisor.cluster.configure_transport()
+    if rpc.listen(server, f"127.0.0.1:{port}") == 0:
         raise BorealisError("cannot listen on the control plane port", port=port)
     server.start()
     return server, servicer

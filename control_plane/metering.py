@@ -526,7 +526,7 @@ class Sampler:
     async def _capacity(self, process: ProcessLook) -> float | None:
         if not process.running:
             return None
-        async with aio.insecure_channel(process.address) as channel:
+        async with rpc.channel(process.address) as channel:
             try:
                 state = await capacity_pb2_grpc.CapacityStub(channel).GetCapacity(
                     capacity_pb2.GetCapacityRequest(), timeout=RPC_TIMEOUT_S

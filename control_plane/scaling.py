@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from borealis import rpc
 from borealis.errors import BorealisError
 from borealis.log import get_logger
 from borealis.metrics import Metrics
@@ -295,7 +296,7 @@ class Scaler:
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+            channel = self._channels[address] = rpc.sync_channel(address)
         return channel
 
     def _poll(self, targets: list[_Target]) -> dict[str, capacity_pb2.CapacityState]:

@@ -614,7 +614,7 @@ def replace_on_writer(
         new_az=new.az,
         timeout_ms=round(timeout_s * 1000),
     )
-    with grpc.insecure_channel(writer_address) as channel:
+    with rpc.sync_channel(writer_address) as channel:
         stub = membership_pb2_grpc.MembershipStub(channel)
         try:
             response = stub.ReplaceStorageNode(request, timeout=timeout_s + WRITER_RPC_MARGIN_S)

@@ -10,6 +10,7 @@ allocator. `cluster.json` in the data directory records what runs where, so
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import os
@@ -22,10 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from borealis import config as config_module
-from borealis import metrics, rpc
+from borealis import kms, metrics, rpc, tls
+from borealis.encryption import ANY_VOLUME
 from borealis.errors import NotFound, Unavailable
 from borealis.wait import wait_until
 from compute_node.config import ComputeNodeConfig
@@ -43,9 +45,14 @@ PASSWORD_FILE = "password"
 USERS_FILE = "users.json"
 # The secret the router presents to instances in place of a client's password.
 PROXY_SECRET_FILE = "proxy_secret"
+# The local KMS's master key (mode 0600), unless `up --kms-url` names another KMS.
+MASTER_KEY_FILE = "master.key"
 ROUTER_NAME = "router"
 # The router's gauge of client sessions per backend instance (label `instance`).
 ROUTER_SESSIONS_METRIC = "borealis_router_sessions"
+# Set to "off" to run clusters without mutual TLS between their processes (to
+# measure what it costs); anything else, or unset, leaves it on.
+TRANSPORT_SECURITY_ENV = "BOREALIS_TRANSPORT_SECURITY"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -202,10 +209,21 @@ class InstanceProcess(NodeProcess):
     pg_port: int = 0
     # Failover priority (Aurora's promotion tier): 0 is promoted first.
     tier: int = 1
+    # The cluster CA when the endpoint offers TLS (`up --tls`), else empty.
+    ca_file: str = ""
 
     def url(self, user: str = ADMIN_USER, database: str = DATABASE) -> str:
         """The instance's PostgreSQL endpoint, without a password."""
-        return f"postgresql://{user}@{self.pg_host}:{self.pg_port}/{database}"
+        return postgres_url(self.pg_host, self.pg_port, user, database, self.ca_file)
+
+
+def postgres_url(host: str, port: int, user: str, database: str, ca_file: str = "") -> str:
+    """A libpq URL; with a CA file, one that verifies the server's certificate
+    (sslmode=verify-full) by the name its certificate carries (localhost)."""
+    if not ca_file:
+        return f"postgresql://{user}@{host}:{port}/{database}"
+    query = urlencode({"sslmode": "verify-full", "sslrootcert": ca_file}, safe="/")
+    return f"postgresql://{user}@{tls.HOST_NAMES[0]}:{port}/{database}?{query}"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -247,8 +265,25 @@ class LocalCluster:
         readers: int = 0,
         router: bool = False,
         router_overrides: dict[str, Any] | None = None,
+        client_tls: bool = False,
+        transport_security: bool | None = None,
+        encryption: bool = True,
+        kms_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # Encryption at rest: on unless turned off; the local KMS unless a URL names
+        # another. A `kms_url` storage override wins ("" turns encryption off).
+        self.encryption_on = encryption
+        self.kms_url = kms_url
+        # cluster.json's "encryption": {"kms": URL, "data_keys": {VOLUME: wrapped
+        # base64}}, set once when the storage nodes are first created; {} when off.
+        self.encryption: dict[str, Any] = {}
+        # TLS on the PostgreSQL endpoints (`up --tls`), and mutual TLS between the
+        # cluster's processes (on unless TRANSPORT_SECURITY_ENV says "off").
+        self.client_tls = client_tls
+        if transport_security is None:
+            transport_security = os.environ.get(TRANSPORT_SECURITY_ENV, "on") != "off"
+        self.transport_security = transport_security
         self.ports = ports or PortAllocator()
         self.storage_count = storage_nodes
         self.storage_overrides = storage_overrides or {}
@@ -281,8 +316,90 @@ class LocalCluster:
         # last resume's time. cluster.json has `paused` at the top level too.
         self.pause: dict[str, Any] = {}
 
+    def _ensure_data_keys(self) -> None:
+        """Encryption at rest, set up once for a new cluster: the local KMS's master
+        key file (mode 0600) unless another KMS is named, then a data key for the
+        cluster's volume and a default one for volumes created later through the
+        storage API (tests, restores), each written down only wrapped by the KMS."""
+        kms_url = self.storage_overrides.get("kms_url", self.kms_url)
+        if self.encryption or not self.encryption_on or kms_url == "":
+            return
+        if "data_keys" in self.storage_overrides:
+            wrapped = kms.parse_data_keys(str(self.storage_overrides["data_keys"]))
+        else:
+            if kms_url is None:
+                master_key = self.data_dir / MASTER_KEY_FILE
+                if not master_key.exists():
+                    kms.create_master_key_file(master_key)
+                kms_url = kms.LOCAL_SCHEME + str(master_key)
+            volume = self.instance_overrides.get("volume_id", _volume_id_default())
+            wrapped = kms.generate_data_keys(kms.kms_from_url(kms_url), [str(volume), ANY_VOLUME])
+        self.encryption = {
+            "kms": kms_url,
+            "data_keys": {
+                volume: base64.b64encode(key).decode() for volume, key in wrapped.items()
+            },
+        }
+
+    def _encryption_settings(self) -> dict[str, str]:
+        """The storage node settings that carry the KMS URL and the wrapped data keys."""
+        if not self.encryption:
+            return {}
+        wrapped = {
+            volume: base64.b64decode(key) for volume, key in self.encryption["data_keys"].items()
+        }
+        return {"kms_url": self.encryption["kms"], "data_keys": kms.format_data_keys(wrapped)}
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / tls.TLS_DIR_NAME
+
+    def configure_transport(self) -> None:
+        """Creates the cluster's CA and certificates on first use (DATA_DIR/tls) and
+        makes this process's gRPC use them. A new cluster created by a process that
+        already talks to another cluster gets that cluster's CA, so that the process
+        can talk to both (tests run several clusters in one process); `borealis up`
+        runs one control plane process per cluster, so each has its own CA."""
+        if not (self.transport_security or self.client_tls):
+            rpc.configure_transport(None)
+            return
+        current = rpc.transport()
+        ca_from = None
+        # Only a CA whose key is here can be shared (it signs the new node certificate).
+        if (
+            current is not None
+            and not (self.tls_dir / tls.CA_CERT_FILE).exists()
+            and (current.tls_dir / tls.CA_KEY_FILE).exists()
+        ):
+            ca_from = current.tls_dir
+        security = tls.ensure_cluster_tls(self.tls_dir, ca_from)
+        if self.client_tls:
+            tls.ensure_endpoint_certificate(self.tls_dir)
+        rpc.configure_transport(security if self.transport_security else None)
+
+    def process_env(self) -> dict[str, str]:
+        """The environment of every process of the cluster (also one a test starts
+        itself): the test's or user's, and where the cluster's TLS files are
+        (rpc.transport reads it)."""
+        if not self.transport_security:
+            return dict(self.env)
+        return {**self.env, tls.TLS_DIR_ENV: str(self.tls_dir)}
+
+    def _ca_file(self) -> str:
+        """The CA a client verifies the PostgreSQL endpoints with ('' without --tls)."""
+        return str(self.tls_dir / tls.CA_CERT_FILE) if self.client_tls else ""
+
+    def _endpoint_tls(self) -> dict[str, Path]:
+        """The PostgreSQL server certificate settings of a router or instance config."""
+        if not self.client_tls:
+            return {}
+        return {
+            "pg_tls_cert_file": self.tls_dir / tls.ENDPOINT_CERT_FILE,
+            "pg_tls_key_file": self.tls_dir / tls.ENDPOINT_KEY_FILE,
+        }
+
     def _storage_node(self, name: str, az: str) -> StorageNodeProcess:
-        values = {"name": name, "az": az, **self.storage_overrides}
+        values = {"name": name, "az": az, **self._encryption_settings(), **self.storage_overrides}
         config, path = self._write_config(StorageNodeConfig, "storage_node", values)
         return self._process_of(config, path)
 
@@ -295,6 +412,7 @@ class LocalCluster:
             "proxy_secret_file": self.data_dir / PROXY_SECRET_FILE,
             "database": DATABASE,
             "pg_port": self.ports.allocate(),
+            **self._endpoint_tls(),
             **self.instance_overrides,
         }
         if role == "reader":
@@ -326,7 +444,7 @@ class LocalCluster:
             "argv": [sys.executable, "-m", module, "--config", str(config_path)],
             "directory": config.data_dir,
             "address": f"{config.host}:{config.port}",
-            "env": dict(self.env),
+            "env": self.process_env(),
             "metrics_url": metrics_url,
         }
 
@@ -336,6 +454,7 @@ class LocalCluster:
             role=config.role,
             pg_host=config.host,
             pg_port=config.pg_port,
+            ca_file=str(self.tls_dir / tls.CA_CERT_FILE) if config.pg_tls_cert_file else "",
         )
 
     def _process_of(self, config: StorageNodeConfig, config_path: Path) -> StorageNodeProcess:
@@ -346,20 +465,7 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Starts every process that is not running (all of them the first time):
         the storage nodes, then (once cluster.json names them) the instances."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        ensure_credentials(self.data_dir)
-        if not self.storage_nodes:
-            self.storage_nodes = [
-                self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
-            ]
-            self.storage_number_max = max(self.storage_number_max, self.storage_count)
-        if self.with_writer and not self.instances:
-            self.instances = [self._instance("w1", "writer")]
-            self.instances += [
-                self._instance(f"r{index + 1}", "reader") for index in range(self.reader_count)
-            ]
-        if self.with_router and self.router is None:
-            self.router = self._router_process()
+        self.configure()
         routers = [self.router] if self.router is not None else []
         try:
             for group in (self.storage_nodes, self.instances, routers):
@@ -374,6 +480,28 @@ class LocalCluster:
         except BaseException:
             self.stop(immediate=True)
             raise
+        return self
+
+    def configure(self) -> LocalCluster:
+        """Writes the config of every process not configured yet (directories, ports),
+        starting none: what `start` does first. A restore fills the storage nodes'
+        segments between the two (control_plane/restore.py)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_credentials(self.data_dir)
+        self.configure_transport()
+        if not self.storage_nodes:
+            self._ensure_data_keys()
+            self.storage_nodes = [
+                self._storage_node(name, az) for name, az in storage_layout(self.storage_count)
+            ]
+            self.storage_number_max = max(self.storage_number_max, self.storage_count)
+        if self.with_writer and not self.instances:
+            self.instances = [self._instance("w1", "writer")]
+            self.instances += [
+                self._instance(f"r{index + 1}", "reader") for index in range(self.reader_count)
+            ]
+        if self.with_router and self.router is None:
+            self.router = self._router_process()
         return self
 
     def processes(self) -> list[NodeProcess]:
@@ -541,7 +669,7 @@ class LocalCluster:
         return self._url(port)
 
     def _url(self, port: int) -> str:
-        return f"postgresql://{ADMIN_USER}@127.0.0.1:{port}/{DATABASE}"
+        return postgres_url("127.0.0.1", port, ADMIN_USER, DATABASE, self._ca_file())
 
     def _router_process(self) -> NodeProcess:
         from router.config import RouterConfig
@@ -557,6 +685,7 @@ class LocalCluster:
             "cluster_file": self.data_dir / CLUSTER_FILE,
             "users_file": self.data_dir / USERS_FILE,
             "proxy_secret_file": self.data_dir / PROXY_SECRET_FILE,
+            **self._endpoint_tls(),
             **self.router_overrides,
         }
         config = config_module.build(RouterConfig, values)
@@ -633,6 +762,9 @@ class LocalCluster:
             "user": ADMIN_USER,
             "database": DATABASE,
             "password_file": str(self.data_dir / PASSWORD_FILE),
+            "encryption": self.encryption or None,
+            "tls": self._tls_entry(),
+            "backup": self._backup_entry(),
         }
         path = self.data_dir / CLUSTER_FILE
         path.with_suffix(".tmp").write_text(json.dumps(document, indent=2) + "\n")
@@ -654,6 +786,33 @@ class LocalCluster:
         }
         endpoints["instances"] = {instance.name: instance.url() for instance in self.instances}
         return endpoints
+
+    def _backup_entry(self) -> dict[str, Any] | None:
+        """Where the continuous backup goes (storage_node/backup.py), as the storage
+        nodes' config says; None when backup is off."""
+        template = self._storage_template()
+        if template is None or not template.backup_store_url:
+            return None
+        volume_id = self.instance_overrides.get("volume_id", _volume_id_default())
+        return {
+            "store_url": template.backup_store_url,
+            "endpoint_url": template.backup_endpoint_url,
+            "cluster_id": template.backup_cluster_id,
+            "volume_id": int(volume_id),
+            "volume_name": f"{template.backup_cluster_id}-{volume_id}",
+            "retention_days": template.backup_retention_days,
+        }
+
+    def _tls_entry(self) -> dict[str, Any]:
+        """Where the TLS files are: `dir` (node credentials, read by the CLI when
+        `transport_security` is on) and `ca_file` (what psql's sslrootcert names
+        when `client_endpoints` offer TLS)."""
+        return {
+            "dir": str(self.tls_dir),
+            "ca_file": str(self.tls_dir / tls.CA_CERT_FILE),
+            "transport_security": self.transport_security,
+            "client_endpoints": self.client_tls,
+        }
 
     def _router_entry(self) -> dict[str, Any] | None:
         router = self.router
@@ -698,6 +857,7 @@ class LocalCluster:
             config = config_module.load(RouterConfig, router_config, table="router")
             cluster.router = cluster._router_of(config, router_config)
             cluster.with_router = True
+            cluster.client_tls = config.pg_tls_cert_file is not None
         # What only cluster.json records: tiers, custom endpoints, storage node names
         # given (some of those nodes may be gone) and replacements in progress.
         try:
@@ -721,6 +881,7 @@ class LocalCluster:
         # A reopened cluster starts every instance (`start`), so it is not paused;
         # the figures of the last pause and resume stay.
         cluster.pause = {**(document.get("pause") or {}), "paused": False}
+        cluster.encryption = document.get("encryption") or {}
         return cluster
 
     @classmethod
@@ -739,6 +900,20 @@ class LocalCluster:
             node.pid = entry.get("pid")
             node.state = entry.get("state", "stopped")
         return cluster
+
+
+def configure_transport_from(document: dict[str, Any]) -> None:
+    """Makes this process's gRPC use the cluster's credentials that cluster.json
+    names (a CLI command, a benchmark talking to a cluster `up` started)."""
+    entry = document.get("tls") or {}
+    secured = entry.get("transport_security") and entry.get("dir")
+    rpc.configure_transport(tls.load(Path(entry["dir"])) if secured else None)
+
+
+def _volume_id_default() -> int:
+    """The volume id an instance config has when none is set."""
+    fields = {field.name: field.default for field in dataclasses.fields(ComputeNodeConfig)}
+    return int(fields["volume_id"])  # type: ignore[call-overload]
 
 
 def read_cluster_file(data_dir: Path) -> dict[str, Any]:

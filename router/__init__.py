@@ -12,6 +12,9 @@ What a client should know:
   tables, LISTEN, advisory locks and cursors WITH HOLD do not carry over.
 - A session inside a transaction is never moved; it is closed (57P01) only when
   its instance is gone.
-- No TLS at the router yet: an SSLRequest is answered "N" (sslmode=prefer goes
-  on in plain text; sslmode=require fails).
+- TLS when the router has a certificate (`borealis up --tls`, config
+  pg_tls_cert_file and pg_tls_key_file); else an SSLRequest is answered "N"
+  (sslmode=prefer goes on in plain text; sslmode=require fails, as with
+  PostgreSQL without ssl). The router's own connections to the instances stay
+  plain: they run on the same machine.
 """

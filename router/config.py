@@ -25,6 +25,10 @@ class RouterConfig:
     pg_host: str = "127.0.0.1"
     writer_port: int = 0
     reader_port: int = 0
+    # The endpoints' TLS certificate and key (PEM, `up --tls`): an SSLRequest is
+    # then accepted. None: answered "N" (no TLS).
+    pg_tls_cert_file: Path | None = None
+    pg_tls_key_file: Path | None = None
     # Readers further behind the writer than this take no new reader-endpoint connections.
     reader_lag_max_ms: int = 1000
     topology_poll_ms: int = 200
@@ -64,5 +68,7 @@ class RouterConfig:
             raise ValueError("failover_wait_ms must not be negative")
         if self.login_wait_ms < 0:
             raise ValueError("login_wait_ms must not be negative")
+        if (self.pg_tls_cert_file is None) != (self.pg_tls_key_file is None):
+            raise ValueError("pg_tls_cert_file and pg_tls_key_file are set together")
         if self.reader_lag_max_ms < 0 or self.session_statements_max < 0:
             raise ValueError("reader_lag_max_ms and session_statements_max must not be negative")

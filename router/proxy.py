@@ -29,11 +29,12 @@ import json
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from borealis import rpc
+from borealis import rpc, tls
 from borealis.admin import AdminService
 from borealis.errors import BorealisError, InvalidRequest
 from borealis.log import get_logger
@@ -88,6 +89,12 @@ class Router:
         self._tasks: dict[str, Any] = {}
         self._resume_task: asyncio.Task[None] | None = None
         self._resume_retry_at_s = 0.0
+        # Offered to clients that send SSLRequest (`up --tls`); None: answered "N".
+        self.ssl_context: ssl.SSLContext | None = None
+        if config.pg_tls_cert_file is not None and config.pg_tls_key_file is not None:
+            self.ssl_context = tls.endpoint_ssl_context(
+                config.pg_tls_cert_file, config.pg_tls_key_file
+            )
         self._declare_metrics()
 
     def _declare_metrics(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from borealis.log import get_logger
@@ -97,6 +98,7 @@ class Session:
         self._move_wanted = False
         self._move_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._tls = False
 
     # --- state ---
 
@@ -192,12 +194,35 @@ class Session:
             if isinstance(message, m.CancelRequest):
                 self.router.cancel(message.process_id, message.secret_key)
                 return None
-            if isinstance(message, m.SSLRequest | m.GSSENCRequest):
-                # The router does not offer TLS yet; clients go on in plain text.
+            if isinstance(message, m.SSLRequest):
+                await self._negotiate_tls(parser)
+            elif isinstance(message, m.GSSENCRequest):
                 self.client_writer.write(b"N")
             elif isinstance(message, m.StartupMessage):
                 return self._check_startup(message)
         raise m.ProtocolViolation("too many negotiation requests")
+
+    async def _negotiate_tls(self, parser: m.FrontendParser) -> None:
+        """Answers an SSLRequest: "S" and the TLS handshake when the router has a
+        certificate (`up --tls`), else "N" and the client goes on in plain text (or
+        gives up, with sslmode=require), as PostgreSQL does."""
+        context = self.router.ssl_context
+        if context is None or self._tls:
+            self.client_writer.write(b"N")
+            return
+        # Bytes sent before the handshake would be taken as inside the tunnel.
+        if parser.buffered_bytes:
+            raise m.ProtocolViolation("received unencrypted data after SSL request")
+        self.client_writer.write(b"S")
+        await self.client_writer.drain()
+        try:
+            await self.client_writer.start_tls(context)
+        except ssl.SSLError as error:
+            # The client's to decide (a CA file that did not sign the certificate,
+            # no TLS after all): the connection ends, the router carries on.
+            log.info("client TLS handshake failed", error=str(error), process_id=self.process_id)
+            raise ConnectionError("TLS handshake failed") from error
+        self._tls = True
 
     def _check_startup(self, message: m.StartupMessage) -> m.StartupMessage:
         major, minor = message.version >> 16, message.version & 0xFFFF

@@ -5,6 +5,10 @@ newest version at or below it (the horizon, capped by the SCL) is needed as a
 base; everything older goes, index entry and log record. If that newest version
 is a delta, it is first materialised so the base is a full image.
 
+With continuous backup on, the horizon is also capped by what the backup holds
+(the PG's progress marker, storage_node/backup.py): a record leaves storage only
+once it is in the object store.
+
 Peers that fall further behind than the horizon cannot be filled from this log by
 gossip; a new segment that replaces one copies page images at the PGMRPL instead
 (storage_node/hydration.py).
@@ -13,6 +17,7 @@ gossip; a new segment that replaces one copies page images at the PGMRPL instead
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from borealis.ids import SegmentId
@@ -39,10 +44,18 @@ def collectable(versions: PageVersions, horizon: int) -> tuple[int | None, list[
 
 
 class GarbageCollector:
-    def __init__(self, store: SegmentStore, writer: Writer, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: SegmentStore,
+        writer: Writer,
+        metrics: Metrics,
+        backed_up_lsn: Callable[[Segment], Awaitable[int]] | None = None,
+    ) -> None:
         self._store = store
         self._writer = writer
         self._metrics = metrics
+        # None: no backup, the horizon is min(PGMRPL, SCL).
+        self._backed_up_lsn = backed_up_lsn
         self._horizon_done: dict[SegmentId, int] = {}
 
     async def run_once(self) -> str:
@@ -53,6 +66,8 @@ class GarbageCollector:
 
     async def _collect(self, segment: Segment) -> int:
         horizon = min(segment.pgmrpl, segment.scl)
+        if horizon and self._backed_up_lsn is not None:
+            horizon = min(horizon, await self._backed_up_lsn(segment))
         if horizon == 0 or self._horizon_done.get(segment.id) == horizon:
             return 0
         versions = await asyncio.to_thread(lambda: list(self._store.page_versions(segment)))

@@ -9,10 +9,15 @@ from functools import partial
 
 from borealis import rpc
 from borealis.admin import AdminService
+from borealis.encryption import VolumeSealers
+from borealis.errors import KeyUnavailable
+from borealis.kms import open_sealers
 from borealis.log import get_logger
 from borealis.metrics import Metrics, Sample
 from borealis.serving import Serving, until_stopped
 from proto import admin_pb2_grpc, storage_pb2_grpc
+from storage_node.backup import Backup
+from storage_node.base_images import open_segment_store
 from storage_node.coalescer import Coalescer
 from storage_node.config import StorageNodeConfig
 from storage_node.garbage_collector import GarbageCollector
@@ -22,7 +27,6 @@ from storage_node.peers import Peers
 from storage_node.periodic import Periodic
 from storage_node.scrubber import Scrubber
 from storage_node.service import StorageService
-from storage_node.store import SegmentStore
 from storage_node.writer import Writer
 
 log = get_logger("storage_node")
@@ -71,11 +75,23 @@ def declare_metrics(metrics: Metrics) -> None:
 
 
 class StorageNode:
-    def __init__(self, config: StorageNodeConfig) -> None:
+    def __init__(self, config: StorageNodeConfig, sealers: VolumeSealers | None = None) -> None:
+        """Opens the store; KeyUnavailable (before anything is served) if the data keys
+        cannot be unwrapped or do not open the stored data."""
         self.config = config
         self.metrics = Metrics("borealis_storage")
         declare_metrics(self.metrics)
-        self.store = SegmentStore(config.data_dir / "segments", config.lmdb_map_size_bytes)
+        if sealers is None:
+            sealers = open_sealers(config.kms_url, config.data_keys)
+        # A clone's node reads its parent's page images (storage_node/base_images.py).
+        self.store = open_segment_store(
+            config.data_dir, config.data_dir / "segments", config.lmdb_map_size_bytes, sealers
+        )
+        try:
+            self.store.verify_keys()
+        except KeyUnavailable:
+            self.store.close()
+            raise
         self.store.load()
         self.writer = Writer(self.store, config.group_commit_batches_max, self._on_commit)
         self.metrics.collector(self._segment_samples)
@@ -104,6 +120,11 @@ class StorageNode:
         service.scrubber = scrubber
         gossip = Gossip(self.config, self.store, service, peers, self.metrics)
         hydrator = Hydrator(self.config, self.store, self.writer, peers, gossip, self.metrics)
+        backup = (
+            Backup(self.config, self.store, peers, self.metrics)
+            if self.config.backup_store_url
+            else None
+        )
         tasks = [
             Periodic("gossip", self.config.gossip_interval_ms, gossip.run_once),
             # Its own task, so one long hydration does not hold up gossip for the
@@ -117,11 +138,18 @@ class StorageNode:
             Periodic(
                 "gc",
                 self.config.gc_interval_ms,
-                GarbageCollector(self.store, self.writer, self.metrics).run_once,
+                GarbageCollector(
+                    self.store,
+                    self.writer,
+                    self.metrics,
+                    backup.backed_up_lsn if backup is not None else None,
+                ).run_once,
             ),
             Periodic("scrub", self.config.scrub_interval_ms, scrubber.run_once),
         ]
         scrubber.periodic = tasks[-1]
+        if backup is not None:
+            tasks.append(Periodic("backup", self.config.backup_interval_ms, backup.run_once))
         service.on_hydrating = tasks[1].wake
 
         server = rpc.server(self.config.message_bytes_max)

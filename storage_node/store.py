@@ -1,12 +1,23 @@
 """The segment store: every segment of this node in one LMDB environment.
 
-Three named databases, keys big-endian so LMDB's order is numeric order:
+Four named databases, keys big-endian so LMDB's order is numeric order:
 
     meta      (volume u64, pg u32)                   -> SegmentMeta as JSON
-    log       (volume u64, pg u32, lsn u64)          -> encoded redo record
+    log       (volume u64, pg u32, lsn u64)          -> sealed(encoded redo record)
     versions  (volume u64, pg u32, page u64, lsn u64) -> b"D" delta in the log,
                                                          b"F" full image in the log,
-                                                         b"M" crc u32 + materialised image
+                                                         b"M" sealed(crc u32 + image)
+    keys      (volume u64)                           -> b"P" stored in the clear, or
+                                                         b"E" sealed(KEY_CHECK)
+
+Sealing (borealis/encryption.py) is AES-256-GCM under the volume's data key when
+encryption is on, the identity when off (the layout is then the unsealed one). The
+associated data binds each value to its key: a record to (volume, pg, lsn; page 0,
+since the page is inside the sealed header, which the tag covers), an image to
+(volume, pg, lsn, page). Records keep their own CRC32C and images theirs inside the
+seal, so a value is checked the same way whether encryption is on or off. The keys
+database lets a node with the wrong key, or none, refuse to start (`verify_keys`)
+instead of serving data it cannot open.
 
 `versions` is the per-page index GetPage walks backwards: from the newest version
 at or below the read point down to the first image. The coalescer turns a "D" into
@@ -25,15 +36,29 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 from crc32c import crc32c
 
 from borealis import redo
-from borealis.errors import Corruption, NotFound
+from borealis.encryption import (
+    PLAIN_VOLUMES,
+    WHAT_IMAGE,
+    WHAT_KEY_CHECK,
+    WHAT_RECORD,
+    Sealer,
+    VolumeSealers,
+    associated_data,
+)
+from borealis.errors import Corruption, InvalidRequest, KeyUnavailable, NotFound
 from borealis.ids import Epochs, Lsn, SegmentId
+from borealis.log import get_logger
 from storage_node.chain import SegmentChain
 from storage_node.segment import Segment, SegmentMeta
+
+if TYPE_CHECKING:
+    from storage_node.base_images import BaseImages
 
 SEGMENT_KEY = struct.Struct(">QI")
 LOG_KEY = struct.Struct(">QIQ")
@@ -50,6 +75,13 @@ KIND_IMAGE = redo.KIND_IMAGE
 TAG_DELTA = b"D"
 TAG_FULL = b"F"
 TAG_MATERIALISED = b"M"
+
+# The keys database: what a volume's data on this node is sealed with.
+KEY_CHECK = b"borealis key check"
+KEY_STORED_PLAIN = b"P"
+KEY_STORED_SEALED = b"E"
+
+log = get_logger("storage_node.store")
 
 Publish = Callable[[], object]
 
@@ -68,21 +100,53 @@ class PageVersions:
     tags: list[bytes]
 
 
-def image_value(segment_id: SegmentId, page: int, lsn: int, image: bytes) -> bytes:
-    crc = crc32c(VERSION_KEY.pack(segment_id.volume_id, segment_id.pg, page, lsn) + image)
-    return TAG_MATERIALISED + IMAGE_CRC.pack(crc) + image
+def image_value(sealer: Sealer, segment_id: SegmentId, page: int, lsn: int, image: bytes) -> bytes:
+    volume, pg = segment_id.volume_id, segment_id.pg
+    crc = crc32c(VERSION_KEY.pack(volume, pg, page, lsn) + image)
+    associated = associated_data(volume, pg, lsn, page, WHAT_IMAGE)
+    return TAG_MATERIALISED + sealer.seal(IMAGE_CRC.pack(crc) + image, associated)
 
 
-def check_image_value(key: bytes, value: bytes) -> bytes:
+def check_image_value(sealer: Sealer, key: bytes, value: bytes) -> bytes:
     """The image of a materialised version, or Corruption."""
-    image = bytes(value[1 + IMAGE_CRC.size :])
-    (crc,) = IMAGE_CRC.unpack_from(value, 1)
-    if len(image) != redo.PAGE_SIZE_BYTES or crc32c(bytes(key) + image) != crc:
-        volume, pg, page, lsn = VERSION_KEY.unpack(key)
+    volume, pg, page, lsn = VERSION_KEY.unpack(key)
+    try:
+        body = sealer.open(value[1:], associated_data(volume, pg, lsn, page, WHAT_IMAGE))
+    except Corruption:
+        raise Corruption(
+            "materialised page image failed authentication",
+            segment=f"{volume}/{pg}",
+            page=page,
+            lsn=lsn,
+        ) from None
+    image = body[IMAGE_CRC.size :]
+    if (
+        len(image) != redo.PAGE_SIZE_BYTES
+        or crc32c(bytes(key) + image) != IMAGE_CRC.unpack_from(body)[0]
+    ):
         raise Corruption(
             "materialised page image CRC32C mismatch", segment=f"{volume}/{pg}", page=page, lsn=lsn
         )
     return image
+
+
+def seal_record(sealer: Sealer, volume: int, pg: int, lsn: int, data: bytes) -> bytes:
+    if not sealer.encrypted:
+        return data  # the append path: no associated data to build for nothing
+    return sealer.seal(data, associated_data(volume, pg, lsn, 0, WHAT_RECORD))
+
+
+def open_record(sealer: Sealer, volume: int, pg: int, lsn: int, stored: bytes) -> bytes:
+    """The checked record stored at (volume, pg, lsn), or Corruption."""
+    try:
+        data = sealer.open(stored, associated_data(volume, pg, lsn, 0, WHAT_RECORD))
+    except Corruption:
+        raise Corruption(
+            "redo record failed authentication", segment=f"{volume}/{pg}", lsn=lsn
+        ) from None
+    if redo.check(data, Corruption)[1] != lsn:
+        raise Corruption("redo record stored under another LSN", segment=f"{volume}/{pg}", lsn=lsn)
+    return data
 
 
 def outside_truncation(meta: SegmentMeta, records: list[IncomingRecord]) -> list[IncomingRecord]:
@@ -98,7 +162,13 @@ def outside_truncation(meta: SegmentMeta, records: list[IncomingRecord]) -> list
 
 
 class SegmentStore:
-    def __init__(self, path: Path, map_size_bytes: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        map_size_bytes: int,
+        sealers: VolumeSealers = PLAIN_VOLUMES,
+        base_images: BaseImages | None = None,
+    ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         # sync/metasync: a commit returns only after fsync, so an ack means durable.
         self.env = lmdb.open(
@@ -113,7 +183,16 @@ class SegmentStore:
         self.meta_db = self.env.open_db(b"meta")
         self.log_db = self.env.open_db(b"log")
         self.versions_db = self.env.open_db(b"versions")
+        self.keys_db = self.env.open_db(b"keys")
+        self.sealers = sealers
+        # A copy-on-write clone's node: its parent's page images (base_images.py).
+        self.base_images = base_images
         self.segments: dict[SegmentId, Segment] = {}
+
+    def sealer_of(self, volume_id: int) -> Sealer:
+        """The sealer of a volume's data (PLAIN when encryption is off); what backups
+        upload is sealed with it too. InvalidRequest if this node has no key for it."""
+        return self.sealers.of(volume_id)
 
     def close(self) -> None:
         self.env.close()
@@ -143,9 +222,25 @@ class SegmentStore:
     def _records_above(
         self, txn: lmdb.Transaction, meta: SegmentMeta, lsn: int
     ) -> Iterator[tuple[Lsn, Lsn]]:
-        for _key, data in self._log_range(txn, meta.volume_id, meta.pg, lsn):
-            header = redo.HEADER.unpack_from(data)
+        """(lsn, prev_lsn_pg) of the records above `lsn`. A corrupt one is left out: the
+        chain then has a hole there, which gossip fills with a peer's copy (an append
+        overwrites the corrupt value)."""
+        for header in self._headers_above(txn, meta.volume_id, meta.pg, lsn):
             yield Lsn(header[1]), Lsn(header[3])
+
+    def _headers_above(
+        self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int
+    ) -> Iterator[tuple]:
+        """The header tuples of the good records above `lsn`, LSN ascending."""
+        sealer = self.sealer_of(volume)
+        for key, stored in self._log_range(txn, volume, pg, lsn):
+            (record_lsn,) = U64.unpack_from(key, SEGMENT_KEY_BYTES)
+            try:
+                data = open_record(sealer, volume, pg, record_lsn, stored)
+            except Corruption as error:
+                log.warning("corrupt log record skipped", error=error)
+                continue
+            yield redo.HEADER.unpack_from(data)
 
     def segment(self, segment_id: SegmentId) -> Segment:
         segment = self.segments.get(segment_id)
@@ -179,6 +274,10 @@ class SegmentStore:
         records: list[bytes] = []
         base: bytes | None = None
         page_lsn = 0
+        # A clone's page reads its parent's image below the clone's own versions.
+        shared = self._shared_image(volume, pg, page, lsn)
+        shared_lsn = shared[0] if shared is not None else -1
+        whole = False
         cursor = txn.cursor(self.versions_db)
         if cursor.set_range(VERSION_KEY.pack(volume, pg, page, lsn + 1)):
             found = cursor.prev()
@@ -189,17 +288,31 @@ class SegmentStore:
             if key[:PAGE_PREFIX_BYTES] != prefix:
                 break
             (version_lsn,) = U64.unpack_from(key, PAGE_PREFIX_BYTES)
+            if version_lsn <= shared_lsn:
+                break  # the shared image holds this version and every older one
             page_lsn = page_lsn or version_lsn
             value = cursor.value()
             if value[:1] == TAG_MATERIALISED:
-                base = check_image_value(key, value)
+                base = check_image_value(self.sealer_of(volume), key, value)
+                whole = True
                 break
             records.append(self._log_record(txn, volume, pg, version_lsn))
             if value[:1] == TAG_FULL:
+                whole = True
                 break
             found = cursor.prev()
         records.reverse()
+        if shared is not None and not whole:
+            base, page_lsn = shared[1], page_lsn or shared[0]
         return redo.materialise(base, records), page_lsn
+
+    def _shared_image(self, volume: int, pg: int, page: int, lsn: int) -> tuple[int, bytes] | None:
+        """(page_lsn, image) of the page in a clone's parent image set, when this node
+        is a clone's and the set has the page at or below `lsn`."""
+        if self.base_images is None:
+            return None
+        found = self.base_images.image(self.sealer_of(volume), volume, pg, page)
+        return found if found is not None and found[0] <= lsn else None
 
     def page_images(
         self, segment: Segment, lsn: int, start_page: int, bytes_max: int
@@ -236,13 +349,12 @@ class SegmentStore:
         return images, False, end_page
 
     def _log_record(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> bytes:
-        data = txn.get(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
-        if data is None:
+        stored = txn.get(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
+        if stored is None:
             raise Corruption(
                 "page version without its log record", segment=f"{volume}/{pg}", lsn=lsn
             )
-        redo.check(data, Corruption)
-        return data
+        return open_record(self.sealer_of(volume), volume, pg, lsn, stored)
 
     def read_records(
         self, segment: Segment, after: int, up_to: int, bytes_max: int
@@ -250,16 +362,18 @@ class SegmentStore:
         """Records with after < lsn <= up_to, at least one if any, about `bytes_max` in all."""
         records: list[bytes] = []
         total = 0
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        sealer = self.sealer_of(volume)
         with self.env.begin() as txn:
-            for key, data in self._log_range(txn, segment.meta.volume_id, segment.meta.pg, after):
+            for key, stored in self._log_range(txn, volume, pg, after):
                 (lsn,) = U64.unpack_from(key, SEGMENT_KEY_BYTES)
                 if lsn > up_to:
                     return records, False
-                if records and total + len(data) > bytes_max:
+                size = len(stored) - sealer.overhead_bytes
+                if records and total + size > bytes_max:
                     return records, True
-                redo.check(data, Corruption)
-                records.append(bytes(data))
-                total += len(data)
+                records.append(open_record(sealer, volume, pg, lsn, stored))
+                total += size
         return records, False
 
     def page_versions(
@@ -307,6 +421,7 @@ class SegmentStore:
         bad: list[tuple[str, bytes]] = []
         volume, pg = segment.meta.volume_id, segment.meta.pg
         prefix = SEGMENT_KEY.pack(volume, pg)
+        sealer = self.sealer_of(volume)
         checked = 0
         with self.env.begin() as txn:
             for name, db in (("log", self.log_db), ("image", self.versions_db)):
@@ -326,9 +441,10 @@ class SegmentStore:
                     checked += 1
                     try:
                         if name == "log":
-                            redo.check(value, Corruption)
+                            (lsn,) = U64.unpack_from(key, SEGMENT_KEY_BYTES)
+                            open_record(sealer, volume, pg, lsn, value)
                         elif value[:1] == TAG_MATERIALISED:
-                            check_image_value(key, value)
+                            check_image_value(sealer, key, value)
                     except Corruption:
                         bad.append((name, bytes(key)))
                     found = cursor.next()
@@ -339,6 +455,7 @@ class SegmentStore:
 
     def op_create(self, txn: lmdb.Transaction, meta: SegmentMeta) -> Publish:
         segment = Segment(meta, SegmentChain(Lsn(meta.scl)))
+        self._put_key_check(txn, meta.volume_id)
         txn.put(SEGMENT_KEY.pack(meta.volume_id, meta.pg), meta.to_json(), db=self.meta_db)
 
         def publish() -> Segment:
@@ -407,6 +524,7 @@ class SegmentStore:
             segment.check_epochs(epochs)
         records = outside_truncation(segment.meta, records)
         volume, pg = segment.meta.volume_id, segment.meta.pg
+        sealer = self.sealer_of(volume)
         chain = segment.chain
         log_items = []
         version_items = []
@@ -416,7 +534,9 @@ class SegmentStore:
         for (lsn, _prev, page, kind, data), new in zip(records, is_new, strict=True):
             if not new:
                 continue
-            log_items.append((LOG_KEY.pack(volume, pg, lsn), data))
+            log_items.append(
+                (LOG_KEY.pack(volume, pg, lsn), seal_record(sealer, volume, pg, lsn, data))
+            )
             new_bytes += len(data)
             if kind == KIND_DELTA:
                 version_items.append((VERSION_KEY.pack(volume, pg, page, lsn), TAG_DELTA))
@@ -449,7 +569,8 @@ class SegmentStore:
         key = VERSION_KEY.pack(segment.meta.volume_id, segment.meta.pg, page, lsn)
         existing = txn.get(key, db=self.versions_db)
         if existing is not None and existing[:1] != TAG_FULL:
-            txn.put(key, image_value(segment.id, page, lsn, image), db=self.versions_db)
+            value = image_value(self.sealer_of(segment.id.volume_id), segment.id, page, lsn, image)
+            txn.put(key, value, db=self.versions_db)
         return lambda: existing is not None
 
     def op_put_hydrated_images(
@@ -464,10 +585,12 @@ class SegmentStore:
         assert segment.meta.hydrating
         # Checked in the writer thread, which also changes epochs (see op_append).
         segment.check_epochs(epochs)
+        sealer = self.sealer_of(segment.id.volume_id)
         for page, page_lsn, image in images:
             assert len(image) == redo.PAGE_SIZE_BYTES and segment.contains_page(page)
             key = VERSION_KEY.pack(segment.meta.volume_id, segment.meta.pg, page, page_lsn)
-            txn.put(key, image_value(segment.id, page, page_lsn, image), db=self.versions_db)
+            value = image_value(sealer, segment.id, page, page_lsn, image)
+            txn.put(key, value, db=self.versions_db)
         return lambda: len(images)
 
     def op_put_hydrated_records(
@@ -481,9 +604,11 @@ class SegmentStore:
         segment.check_epochs(epochs)
         volume, pg = segment.meta.volume_id, segment.meta.pg
         meta = segment.meta
+        sealer = self.sealer_of(volume)
         new = 0
         for lsn, _prev, page, kind, data in outside_truncation(meta, records):
-            if not txn.put(LOG_KEY.pack(volume, pg, lsn), data, db=self.log_db, overwrite=False):
+            stored = seal_record(sealer, volume, pg, lsn, data)
+            if not txn.put(LOG_KEY.pack(volume, pg, lsn), stored, db=self.log_db, overwrite=False):
                 continue
             new += 1
             meta.records += 1
@@ -533,10 +658,12 @@ class SegmentStore:
     def op_replace_record(self, txn: lmdb.Transaction, segment: Segment, data: bytes) -> Publish:
         """Overwrites a (corrupt) log record with a checked copy from a peer."""
         header = redo.check(data)
-        key = LOG_KEY.pack(segment.meta.volume_id, segment.meta.pg, header[1])
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        key = LOG_KEY.pack(volume, pg, header[1])
         replaced = txn.get(key, db=self.log_db) is not None
         if replaced:
-            txn.put(key, data, db=self.log_db)
+            stored = seal_record(self.sealer_of(volume), volume, pg, header[1], data)
+            txn.put(key, stored, db=self.log_db)
         return lambda: replaced
 
     def op_delete_versions(
@@ -545,16 +672,112 @@ class SegmentStore:
         """Deletes (page, lsn) versions and their log records (garbage collection)."""
         volume, pg = segment.meta.volume_id, segment.meta.pg
         meta = segment.meta
+        overhead_bytes = self.sealer_of(volume).overhead_bytes
         deleted = 0
         for page, lsn in versions:
             txn.delete(VERSION_KEY.pack(volume, pg, page, lsn), db=self.versions_db)
-            data = txn.pop(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
-            if data is not None:
+            stored = txn.pop(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
+            if stored is not None:
                 deleted += 1
                 meta.records -= 1
-                meta.record_bytes -= len(data)
+                meta.record_bytes -= len(stored) - overhead_bytes
         txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
         return lambda: deleted
+
+    def _doomed_records(
+        self, txn: lmdb.Transaction, volume: int, pg: int, above: int, up_to: int
+    ) -> list[tuple[int, int | None, int]]:
+        """(lsn, page, plaintext size) of the records with above < lsn <= up_to; the page
+        is None for a corrupt record (its header cannot be trusted)."""
+        sealer = self.sealer_of(volume)
+        doomed: list[tuple[int, int | None, int]] = []
+        for key, stored in self._log_range(txn, volume, pg, above):
+            (lsn,) = U64.unpack_from(key, SEGMENT_KEY_BYTES)
+            if lsn > up_to:
+                break
+            size = len(stored) - sealer.overhead_bytes
+            try:
+                page: int | None = redo.HEADER.unpack_from(
+                    open_record(sealer, volume, pg, lsn, stored)
+                )[5]
+            except Corruption as error:
+                log.warning("corrupt log record truncated", error=error)
+                page = None
+            doomed.append((lsn, page, size))
+        return doomed
+
+    def _delete_versions_at(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> None:
+        """Deletes the page versions at `lsn`, whatever their page: a walk of the segment's
+        whole index, done only for a corrupt record whose page is unknown."""
+        prefix = SEGMENT_KEY.pack(volume, pg)
+        with txn.cursor(db=self.versions_db) as cursor:
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()[:SEGMENT_KEY_BYTES]) == prefix:
+                if U64.unpack_from(cursor.key(), PAGE_PREFIX_BYTES)[0] == lsn:
+                    found = cursor.delete()
+                else:
+                    found = cursor.next()
+
+    # -- data keys ---------------------------------------------------------------
+
+    def _put_key_check(self, txn: lmdb.Transaction, volume: int) -> None:
+        """Records, once per volume, how its data here is sealed (see verify_keys)."""
+        key = U64.pack(volume)
+        if txn.get(key, db=self.keys_db) is not None:
+            return
+        sealer = self.sealer_of(volume)
+        if sealer.encrypted:
+            check = sealer.seal(KEY_CHECK, associated_data(volume, 0, 0, 0, WHAT_KEY_CHECK))
+            txn.put(key, KEY_STORED_SEALED + check, db=self.keys_db)
+        else:
+            txn.put(key, KEY_STORED_PLAIN, db=self.keys_db)
+
+    def verify_keys(self) -> None:
+        """KeyUnavailable unless this node can open the data of every volume it holds:
+        each volume has a sealer, encrypted exactly when its data is, with the key
+        that sealed it. Run at start, before `load` (which opens records)."""
+        with self.env.begin() as txn:
+            volumes = {
+                SEGMENT_KEY.unpack(key)[0]
+                for key in txn.cursor(self.meta_db).iternext(values=False)
+            }
+            for key, value in txn.cursor(self.keys_db):
+                volume = U64.unpack(key)[0]
+                volumes.discard(volume)
+                self._verify_key(volume, bytes(value))
+        for volume in volumes:
+            self._sealer_or_unavailable(volume)
+
+    def _verify_key(self, volume: int, value: bytes) -> None:
+        sealer = self._sealer_or_unavailable(volume)
+        if value[:1] == KEY_STORED_PLAIN:
+            if sealer.encrypted:
+                raise KeyUnavailable(
+                    "the volume's data here is stored in the clear, but a data key is "
+                    "configured for it: start this node without kms_url",
+                    volume=volume,
+                )
+            return
+        if not sealer.encrypted:
+            raise KeyUnavailable(
+                "the volume's data here is encrypted, but no KMS is configured (kms_url)",
+                volume=volume,
+            )
+        try:
+            check = sealer.open(value[1:], associated_data(volume, 0, 0, 0, WHAT_KEY_CHECK))
+        except Corruption:
+            check = b""
+        if check != KEY_CHECK:
+            raise KeyUnavailable(
+                "the configured data key does not open the volume's data here: wrong key",
+                volume=volume,
+            )
+
+    def _sealer_or_unavailable(self, volume: int) -> Sealer:
+        try:
+            return self.sealer_of(volume)
+        except InvalidRequest as error:
+            raise KeyUnavailable(str(error)) from None
 
     def _last_lsn_at_or_below(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> int:
         cursor = txn.cursor(self.log_db)
@@ -581,15 +804,13 @@ class SegmentStore:
             txn.put(SEGMENT_KEY.pack(volume, pg), meta.to_json(), db=self.meta_db)
             return lambda: 0
         above, up_to = truncate
-        doomed = []
-        for key, data in self._log_range(txn, volume, pg, above):
-            header = redo.HEADER.unpack_from(data)
-            if header[1] > up_to:
-                break
-            doomed.append((bytes(key), header[5], header[1], len(data)))
-        for key, page, lsn, size in doomed:
-            txn.delete(key, db=self.log_db)
-            txn.delete(VERSION_KEY.pack(volume, pg, page, lsn), db=self.versions_db)
+        doomed = self._doomed_records(txn, volume, pg, above, up_to)
+        for lsn, page, size in doomed:
+            txn.delete(LOG_KEY.pack(volume, pg, lsn), db=self.log_db)
+            if page is None:
+                self._delete_versions_at(txn, volume, pg, lsn)
+            else:
+                txn.delete(VERSION_KEY.pack(volume, pg, page, lsn), db=self.versions_db)
             meta.records -= 1
             meta.record_bytes -= size
         last_held = self._last_lsn_at_or_below(txn, volume, pg, above)

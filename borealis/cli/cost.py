@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from borealis import rpc
 from borealis.errors import BorealisError, InvalidRequest, NotFound, from_grpc
 from control_plane import metering
 from deploy.local import pid_alive, read_cluster_file
@@ -99,7 +100,7 @@ def fetch(data_dir: Path, since_unix_s: float, prices_json: str) -> metering_pb2
         report.notes.append(f"the cluster is not running: read from {usage.path}")
         return report
     request = metering_pb2.GetCostRequest(since_unix_s=int(since_unix_s), prices_json=prices_json)
-    with grpc.insecure_channel(control_plane["address"]) as channel:
+    with rpc.sync_channel(control_plane["address"]) as channel:
         try:
             return metering_pb2_grpc.MeteringStub(channel).GetCost(
                 request, timeout=GET_COST_TIMEOUT_S

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,11 +23,11 @@ from typing import Any
 import grpc
 
 from borealis import metrics, rpc
-from borealis.cli import cost, sql
+from borealis.cli import backup, cost, snapshot, sql
 from borealis.errors import BorealisError, NotFound, Unavailable, from_grpc
 from borealis.wait import wait_until
 from control_plane.scaling import SCALING_FLAGS
-from deploy.local import REPO_ROOT, pid_alive, read_cluster_file
+from deploy.local import REPO_ROOT, configure_transport_from, pid_alive, read_cluster_file
 from proto import control_pb2, control_pb2_grpc
 from storage_node.client import StorageClient
 
@@ -87,8 +88,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv += ["--storage-set", item]
     for item in args.instance_set:
         argv += ["--instance-set", item]
+    argv += backup.up_arguments(args)
     if args.no_writer:
         argv.append("--no-writer")
+    # The KMS is a storage node setting; an empty one turns encryption at rest off.
+    if args.no_encryption or args.kms_url:
+        argv += ["--storage-set", f"kms_url={'' if args.no_encryption else args.kms_url}"]
+    if args.tls:
+        argv.append("--tls")
     if args.readers:
         argv += ["--readers", str(args.readers)]
     for flag in (
@@ -139,6 +146,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             process.terminate()
         return 1
     print(f"cluster up in {data_dir}")
+    # The credentials exist now (the control plane created them with the cluster).
+    configure_transport_from(read_cluster_file(data_dir))
     status = print_status(data_dir, as_json=False)
     print_connect_hint(data_dir)
     return status
@@ -155,7 +164,7 @@ def print_connect_hint(data_dir: Path) -> None:
     print()
     print(f"writer endpoint: {writer}  (password in {password_file}, mode 0600)")
     print(f"connect:  borealis sql{data_option}")
-    print(f'    or:   PGPASSWORD="$(cat {password_file})" psql {writer}')
+    print(f'    or:   PGPASSWORD="$(cat {password_file})" psql {shlex.quote(writer)}')
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -189,7 +198,7 @@ def _control_plane(data_dir: Path) -> control_pb2_grpc.ControlPlaneStub:
     document = read_cluster_file(data_dir)
     if not _control_plane_running(document):
         raise Unavailable("the cluster is not running (borealis up starts it)")
-    channel = grpc.insecure_channel(document["control_plane"]["address"])
+    channel = rpc.sync_channel(document["control_plane"]["address"])
     return control_pb2_grpc.ControlPlaneStub(channel)
 
 
@@ -482,6 +491,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-set", action="append", default=[], metavar="KEY=VALUE", help="instance setting"
     )
     up.add_argument("--no-writer", action="store_true", help="start only the storage tier")
+    encryption = up.add_mutually_exclusive_group()
+    encryption.add_argument(
+        "--no-encryption", action="store_true", help="store data unencrypted (on by default)"
+    )
+    encryption.add_argument(
+        "--kms-url",
+        help="KMS wrapping the data keys: local:///PATH or aws-kms://KEY_ID?endpoint=URL&region=R "
+        "(default: a local master key, DIR/master.key)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on the PostgreSQL endpoints (certificates from the cluster CA in DIR/tls)",
+    )
     up.add_argument("--readers", type=int, default=0, help="reader instances to start")
     up.add_argument("--heartbeat-interval-ms", type=int, help="instances' heartbeat period")
     up.add_argument(
@@ -493,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a storage node down this long is replaced by a new one (default 600; 0: never)",
     )
     add_scaling_bounds(up)
+    backup.add_up_arguments(up)
     up.set_defaults(run=cmd_up)
 
     add_reader = commands.add_parser("add-reader", help="start one more reader instance")
@@ -559,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql.add_parser(commands)
     cost.add_parser(commands)
+    backup.add_parsers(commands, main)
+    snapshot.add_parsers(commands, main)
     return parser
 
 
@@ -608,9 +634,19 @@ def add_scaling_parser(commands: Any) -> None:
     history.set_defaults(run=cmd_scaling_history)
 
 
+def _configure_transport(args: argparse.Namespace) -> None:
+    """gRPC to the cluster with its credentials (mutual TLS), which cluster.json
+    names; `up` has no cluster.json to read yet and needs none."""
+    data_dir = getattr(args, "data_dir", None)
+    document = _document(Path(data_dir)) if data_dir is not None else None
+    if document is not None:
+        configure_transport_from(document)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _configure_transport(args)
         return int(args.run(args))
     except BorealisError as error:
         print(f"borealis: {error}", file=sys.stderr)

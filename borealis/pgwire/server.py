@@ -337,7 +337,13 @@ class _Connection:
             raise m.ProtocolViolation("received unencrypted data after SSL request")
         self._send(b"S")
         await self._flush()
-        await self.writer.start_tls(context)
+        try:
+            await self.writer.start_tls(context)
+        except ssl.SSLError as error:
+            # The client's to decide (a CA file that did not sign the certificate,
+            # no TLS after all): the connection ends, the server carries on.
+            log.info("client TLS handshake failed", error=str(error), process_id=self.process_id)
+            raise ConnectionError("TLS handshake failed") from error
         self._tls = True
 
     def _check_startup(self, message: m.StartupMessage) -> m.StartupMessage:

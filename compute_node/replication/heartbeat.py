@@ -20,6 +20,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from borealis import rpc
 from borealis.log import get_logger
 from proto import control_pb2, control_pb2_grpc
 
@@ -112,6 +113,6 @@ class Heartbeats:
             if self._channel is not None:
                 # The old one is closed in the background: a heartbeat never waits on it.
                 asyncio.ensure_future(self._channel.close())
-            self._channel = aio.insecure_channel(address)
+            self._channel = rpc.channel(address)
             self._address = address
         return self._channel

@@ -15,8 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from grpc import aio
-
+from borealis import rpc
 from borealis.wait import wait_until
 from deploy.local import LocalCluster, NodeProcess, StorageNodeProcess
 from deploy.netfault import ProxyHost
@@ -27,7 +26,7 @@ RESTART_TIMEOUT_S = 30.0
 
 
 async def _set_failpoint(address: str, name: str, action: str) -> None:
-    async with aio.insecure_channel(address) as channel:
+    async with rpc.channel(address) as channel:
         await admin_pb2_grpc.AdminStub(channel).SetFailpoint(
             admin_pb2.SetFailpointRequest(name=name, action=action), timeout=ADMIN_TIMEOUT_S
         )

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from borealis import metrics as metrics_module
+from borealis import rpc
 from borealis.wait import wait_until
 from compute_node.capacity import cache_bytes_of, reader_connections_of
 from deploy.local import InstanceProcess, LocalCluster
@@ -55,7 +56,7 @@ def cluster(tmp_path: Path, port_allocator: PortAllocator) -> Iterator[LocalClus
 
 class CapacityClient:
     def __init__(self, instance: InstanceProcess) -> None:
-        self._channel = grpc.insecure_channel(instance.address)
+        self._channel = rpc.sync_channel(instance.address)
         self._stub = capacity_pb2_grpc.CapacityStub(self._channel)
 
     def get(self) -> capacity_pb2.CapacityState:

@@ -14,7 +14,7 @@ import pytest
 
 from borealis.ids import Epoch, Epochs, PgIndex, SegmentId, VolumeId
 from borealis.wait import wait_until
-from deploy.local import pid_alive
+from deploy.local import configure_transport_from, pid_alive
 from deploy.ports import PortAllocator
 from storage_node.client import StorageClient
 from storage_node.segment import Member
@@ -65,6 +65,8 @@ def test_up_status_down_supervise_and_reopen(tmp_path: Path, port_allocator: Por
         )
         assert up.returncode == 0, up.stdout + up.stderr
         document = _document(data_dir)
+        # This process talks to the nodes too: with the cluster's credentials.
+        configure_transport_from(document)
         seen_pids.update(_pids(data_dir))
         assert document["control_plane"]["port"] == base_port
         assert [node["state"] for node in document["storage_nodes"]] == ["running"] * 6

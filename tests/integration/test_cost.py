@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -57,7 +58,7 @@ class Running:
     port: int
 
     def report(self, since_unix_s: float = 0.0) -> metering_pb2.CostReport:
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        with rpc.sync_channel(f"127.0.0.1:{self.port}") as channel:
             stub = metering_pb2_grpc.MeteringStub(channel)
             request = metering_pb2.GetCostRequest(since_unix_s=int(since_unix_s))
             return stub.GetCost(request, timeout=RPC_TIMEOUT_S)
@@ -108,7 +109,7 @@ class CapacityClock:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        with rpc.sync_channel(self.address) as channel:
             stub = capacity_pb2_grpc.CapacityStub(channel)
             while not self.stop.wait(CAPACITY_POLL_S):
                 try:
@@ -158,7 +159,10 @@ def test_the_cost_report_matches_independent_counts(running: Running, capsys: An
     wait_until(
         lambda: running.report().usage.write_counter != "", SETTLE_TIMEOUT_S, what="a sample"
     )
-    began_unix_s, began = time.time(), time.monotonic()
+    # Whole seconds: the request's since_unix_s is an integer (a float would be cut,
+    # and the report would count up to a second before the test began).
+    time.sleep(math.ceil(time.time()) - time.time())
+    began_unix_s, began = float(math.floor(time.time())), time.monotonic()
     before = running.report()
 
     rows = write_load(running, LOAD_S)

@@ -19,11 +19,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psycopg
 import pytest
 
 from borealis import metrics as metrics_module
+from borealis import rpc
 from deploy.local import InstanceProcess, LocalCluster
 from deploy.ports import PortAllocator
 from proto import capacity_pb2, capacity_pb2_grpc
@@ -117,7 +117,7 @@ def check_hot_answers(connection: psycopg.Connection, expected_sum: int) -> None
 
 
 def hot_pages(instance: InstanceProcess, max_pages: int = CACHE_PAGES) -> list[int]:
-    with grpc.insecure_channel(instance.address) as channel:
+    with rpc.sync_channel(instance.address) as channel:
         response = capacity_pb2_grpc.CapacityStub(channel).HotPages(
             capacity_pb2.HotPagesRequest(max_pages=max_pages), timeout=RPC_TIMEOUT_S
         )

@@ -97,7 +97,7 @@ class Running:
         return connector(self.document()["endpoints"]["writer"], self.cluster.password)
 
     def control_plane(self) -> control_pb2_grpc.ControlPlaneStub:
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.control_plane_port}")
+        channel = rpc.sync_channel(f"127.0.0.1:{self.control_plane_port}")
         return control_pb2_grpc.ControlPlaneStub(channel)
 
 

@@ -138,6 +138,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
             argv=[sys.executable, "-m", "router", "--config", str(path)],
             directory=config.data_dir,
             address=f"{config.host}:{config.port}",
+            env=cluster.process_env(),
         )
         router.start()
         assert config.metrics_port is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from borealis import rpc
 from borealis.wait import wait_until_async
 from compute_node.replication.heartbeat import Heartbeats, Status, control_plane_address
 from control_plane.failover import Heartbeat
@@ -41,7 +42,9 @@ def start_server(recorder: Recorder) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     service = ControlPlaneService(recorder)  # type: ignore[arg-type]
     control_pb2_grpc.add_ControlPlaneServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    # Secured as this process's channels are (mutual TLS when a cluster started
+    # earlier in this process configured it).
+    port = rpc.listen(server, "127.0.0.1:0")
     server.start()
     return server, port
 
@@ -93,7 +96,7 @@ def test_heartbeat_without_a_role_is_refused() -> None:
     recorder = Recorder()
     server, port = start_server(recorder)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with rpc.sync_channel(f"127.0.0.1:{port}") as channel:
             stub = control_pb2_grpc.ControlPlaneStub(channel)
             with pytest.raises(grpc.RpcError) as raised:
                 stub.Heartbeat(control_pb2.HeartbeatRequest(name="r1"), timeout=TIMEOUT_S)

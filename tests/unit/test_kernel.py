@@ -26,6 +26,7 @@ from borealis.errors import (
     DeadlineExceeded,
     FailpointError,
     InvalidRequest,
+    KeyUnavailable,
     NotFound,
     QueryCanceled,
     ResourceExhausted,
@@ -219,6 +220,7 @@ INTENDED_STATUS = {
     QueryCanceled: grpc.StatusCode.CANCELLED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Corruption: grpc.StatusCode.DATA_LOSS,
+    KeyUnavailable: grpc.StatusCode.INTERNAL,
     FailpointError: grpc.StatusCode.INTERNAL,
     BorealisError: grpc.StatusCode.INTERNAL,
 }
