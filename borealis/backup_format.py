@@ -389,7 +389,7 @@ def restorable(history: VolumeHistory, lsn: int) -> bool:
     """Whether a restore to the CPL `lsn` finds its whole history in the backup:
     every PG's base at or below it, and the chain unbroken from the bases up."""
     floor = floor_at(history, lsn)
-    return floor is not None and floor < lsn and chain_end(history, floor) >= lsn
+    return floor is not None and floor <= lsn and chain_end(history, floor) >= lsn
 
 
 def restorable_lsn(history: VolumeHistory) -> tuple[int, int]:
@@ -408,7 +408,7 @@ def restorable_lsn(history: VolumeHistory) -> tuple[int, int]:
         floor = floor_at(history, low)
         if floor is not None:
             end = chain_end(history, floor, lsns)
-            best = [lsn for lsn in cpls if max(low, floor) < lsn < upper and lsn <= end]
+            best = [lsn for lsn in cpls if max(low, floor) <= lsn < upper and lsn <= end]
             if best:
                 return best[-1], history.entries[best[-1]][1].commit_time_us
         upper = low

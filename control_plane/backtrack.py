@@ -31,41 +31,34 @@ import dataclasses
 import secrets
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from borealis import backup_format as layout
 from borealis import config as config_module
-from borealis.encryption import Sealer
-from borealis.errors import Corruption, InvalidRequest, Unavailable
-from borealis.ids import PgIndex, VolumeId
-from borealis.kms import open_sealers
+from borealis.errors import InvalidRequest, Unavailable
 from borealis.log import get_logger
-from compute_node.volume.topology import Topology
 from control_plane.restore import (
+    EPOCH_FIRST,
+    SEGMENTS_DIR,
+    STORAGE_CONFIG,
     BackupReader,
     RestorePlan,
-    fill_segment,
+    fill_volume,
     format_time,
-    incoming,
+    open_store,
     sealer_of,
+    storage_config,
 )
 from control_plane.snapshots import BackupLocation, plan_point
 from deploy.local import LocalCluster, pid_alive, read_cluster_file
 from storage_node.config import StorageNodeConfig
-from storage_node.segment import Member, SegmentMeta
-from storage_node.store import SegmentStore
+from storage_node.segment import Member
 
 log = get_logger("control_plane.backtrack")
 
 US_PER_S = 1_000_000
-SEGMENTS_DIR = "segments"
 OLD_SEGMENTS_DIR = "segments.before-backtrack"
-STORAGE_CONFIG = "storage_node.toml"
 # The first volume epoch of a volume written offline (a restore's).
-EPOCH_FIRST = 1
-FILL_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -82,6 +75,8 @@ class BacktrackResult:
     pgs: int
     records: int
     pages: int
+    # Redo and page image bytes written into the segments (each PG once).
+    bytes_restored: int
     seconds: float
 
 
@@ -148,20 +143,11 @@ def _check_stopped(data_dir: Path) -> None:
         raise Unavailable("stop the cluster before rewinding it", running=",".join(running))
 
 
-def storage_config(directory: Path) -> StorageNodeConfig:
-    return config_module.load(StorageNodeConfig, directory / STORAGE_CONFIG, table="storage_node")
-
-
 def _write_storage_config(directory: Path, config: StorageNodeConfig, cluster_id: str) -> None:
     changed = dataclasses.replace(config, backup_cluster_id=cluster_id)
     path = directory / STORAGE_CONFIG
     path.with_suffix(".tmp").write_text("[storage_node]\n" + config_module.to_toml(changed))
     path.with_suffix(".tmp").replace(path)
-
-
-def _open_store(config: StorageNodeConfig) -> SegmentStore:
-    sealers = open_sealers(config.kms_url, config.data_keys)
-    return SegmentStore(config.data_dir / SEGMENTS_DIR, config.lmdb_map_size_bytes, sealers)
 
 
 def _current_segments(
@@ -171,7 +157,7 @@ def _current_segments(
     placements: dict[int, list[Member]] = {}
     epoch_max = EPOCH_FIRST
     for config in configs.values():
-        store = _open_store(config)
+        store = open_store(config)
         try:
             store.load()
             for segment in store.segments.values():
@@ -203,96 +189,3 @@ def _put_back(directory: Path) -> None:
 
 
 # -- filling a volume's segments (shared with clones) -------------------------------------------
-
-
-def fill_volume(
-    configs: dict[str, StorageNodeConfig],
-    reader: BackupReader,
-    chosen: RestorePlan,
-    sealer: Sealer,
-    volume_epoch: int,
-    placements: dict[int, list[Member]] | None = None,
-    with_images: bool = True,
-) -> dict[str, int]:
-    """Writes every PG's segments on the nodes of `configs` as of the plan's LSN;
-    each PG on its members in `placements` (the default topology's for a PG not
-    there). Without images (a clone), a segment that starts from an image set
-    stores its base records only: its page images are read from the set."""
-    manifest = chosen.manifest
-    nodes = [Member(name, f"{c.host}:{c.port}", c.az) for name, c in sorted(configs.items())]
-    topology = Topology(VolumeId(manifest.volume_id), nodes, manifest.pages_per_pg)
-    stores = {name: _open_store(config) for name, config in configs.items()}
-    counts = {"pgs": 0, "records": 0, "pages": 0}
-    try:
-        with ThreadPoolExecutor(FILL_THREADS) as pool:
-            filled = pool.map(
-                lambda pg: _fill_pg(
-                    stores,
-                    reader,
-                    chosen,
-                    sealer,
-                    volume_epoch,
-                    topology,
-                    placements,
-                    pg,
-                    with_images,
-                ),
-                sorted(chosen.bases),
-            )
-            for pg_counts in filled:
-                for key, value in pg_counts.items():
-                    counts[key] += value
-    finally:
-        for store in stores.values():
-            store.close()
-    return counts
-
-
-def _fill_pg(
-    stores: dict[str, SegmentStore],
-    reader: BackupReader,
-    chosen: RestorePlan,
-    sealer: Sealer,
-    volume_epoch: int,
-    topology: Topology,
-    placements: dict[int, list[Member]] | None,
-    pg: int,
-    with_images: bool,
-) -> dict[str, int]:
-    base = chosen.bases[pg]
-    records = reader.records(sealer, pg, base, chosen.lsn)
-    images: list[tuple[int, int, bytes]] = []
-    base_records: list[bytes] = []
-    if base > 0:
-        if with_images:
-            images, base_records = reader.image_set(sealer, pg, base)
-        else:
-            base_records = _base_records(reader, sealer, pg, base)
-    if not records and base == 0:
-        return {"pgs": 0, "records": 0, "pages": 0}  # the PG had no record yet
-    members = (placements or {}).get(pg) or list(topology.placement(PgIndex(pg)))
-    checked, checked_base = incoming(records), incoming(base_records)
-    for member in members:
-        if member.node not in stores:
-            raise Corruption("a segment's member is not a storage node here", node=member.node)
-        meta = SegmentMeta(
-            volume_id=chosen.manifest.volume_id,
-            pg=pg,
-            first_page=topology.first_page(PgIndex(pg)),
-            page_count=chosen.manifest.pages_per_pg,
-            volume_epoch=volume_epoch,
-            membership_epoch=volume_epoch,
-            members=list(members),
-        )
-        fill_segment(stores[member.node], meta, base, images, checked_base, checked)
-    return {"pgs": 1, "records": len(records) + len(base_records), "pages": len(images)}
-
-
-def _base_records(reader: BackupReader, sealer: Sealer, pg: int, base: int) -> list[bytes]:
-    done = layout.ImageSet.from_json(
-        reader.objects.get(layout.image_set_done_key(reader.name, pg, base))
-    )
-    if not done.has_records:
-        return []
-    data = reader.objects.get(layout.base_records_key(reader.name, pg, base))
-    return layout.decode_chunk(sealer, data, layout.KIND_BASE_RECORDS)[2]

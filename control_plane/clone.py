@@ -26,8 +26,15 @@ from typing import Any
 from borealis.backup_pins import CloneRef, check_name, clone_key
 from borealis.errors import InvalidRequest
 from borealis.log import get_logger
-from control_plane.backtrack import EPOCH_FIRST, fill_volume, storage_config
-from control_plane.restore import BackupReader, RestorePlan, format_time, sealer_of
+from control_plane.restore import (
+    EPOCH_FIRST,
+    BackupReader,
+    RestorePlan,
+    fill_volume,
+    format_time,
+    sealer_of,
+    storage_config,
+)
 from control_plane.snapshots import BackupLocation, plan_point
 from deploy.local import LocalCluster
 from deploy.ports import PortAllocator
@@ -44,6 +51,8 @@ class CloneResult:
     pgs: int
     records: int
     pages: int
+    # Redo and page image bytes written into the segments (each PG once).
+    bytes_restored: int
     seconds: float
 
 

@@ -56,6 +56,10 @@ from storage_node.store import IncomingRecord, SegmentStore
 log = get_logger("control_plane.restore")
 
 EPOCH_FIRST = 1
+SEGMENTS_DIR = "segments"
+STORAGE_CONFIG = "storage_node.toml"
+# PGs filled at once (each PG's segments on their six nodes).
+FILL_THREADS = 8
 # Objects fetched at once (an S3 endpoint answers many small GETs in parallel).
 FETCH_THREADS = 8
 # Records per LMDB transaction while filling a segment.
@@ -359,7 +363,8 @@ def restore_cluster(
         **(cluster_options or {}),
     )
     cluster.configure()
-    counts = _fill(cluster, reader, chosen, sealer)
+    configs = {node.name: storage_config(node.directory) for node in cluster.storage_nodes}
+    counts = fill_volume(configs, reader, chosen, sealer, EPOCH_FIRST)
     cluster.write_cluster_file()
     seconds = time.monotonic() - started_s
     log.info(
@@ -374,59 +379,111 @@ def restore_cluster(
     return RestoreResult(cluster, chosen, seconds=seconds, **counts)
 
 
-def _fill(
-    cluster: LocalCluster, reader: BackupReader, chosen: RestorePlan, sealer: Sealer
+def fill_volume(
+    configs: dict[str, StorageNodeConfig],
+    reader: BackupReader,
+    chosen: RestorePlan,
+    sealer: Sealer,
+    volume_epoch: int,
+    placements: dict[int, list[Member]] | None = None,
+    with_images: bool = True,
 ) -> dict[str, int]:
+    """Writes every PG's segments on the nodes of `configs` as of the plan's LSN;
+    each PG on its members in `placements` (the default topology's for a PG not
+    there). Without images (a clone), a segment that starts from an image set
+    stores its base records only: its page images are read from the set."""
     manifest = chosen.manifest
-    nodes = [Member(node.name, node.address, node.az) for node in cluster.storage_nodes]
+    nodes = [Member(name, f"{c.host}:{c.port}", c.az) for name, c in sorted(configs.items())]
     topology = Topology(VolumeId(manifest.volume_id), nodes, manifest.pages_per_pg)
-    stores = {}
-    for node in cluster.storage_nodes:
-        config = _storage_config(node.directory)
-        sealers = open_sealers(config.kms_url, config.data_keys)
-        stores[node.name] = SegmentStore(
-            config.data_dir / "segments", config.lmdb_map_size_bytes, sealers
-        )
+    stores = {name: open_store(config) for name, config in configs.items()}
     counts = {"pgs": 0, "records": 0, "pages": 0, "bytes_restored": 0}
     try:
-        for pg in sorted(chosen.bases):
-            base = chosen.bases[pg]
-            records = reader.records(sealer, pg, base, chosen.lsn)
-            images: list[tuple[int, int, bytes]] = []
-            base_records: list[bytes] = []
-            if base > 0:
-                images, base_records = reader.image_set(sealer, pg, base)
-            if not records and base == 0:
-                continue  # the PG had no record yet at the target
-            members = topology.placement(PgIndex(pg))
-            checked, checked_base = incoming(records), incoming(base_records)
-            for member in members:
-                meta = SegmentMeta(
-                    volume_id=manifest.volume_id,
-                    pg=pg,
-                    first_page=topology.first_page(PgIndex(pg)),
-                    page_count=manifest.pages_per_pg,
-                    volume_epoch=EPOCH_FIRST,
-                    membership_epoch=EPOCH_FIRST,
-                    members=list(members),
-                )
-                fill_segment(stores[member.node], meta, base, images, checked_base, checked)
-            counts["pgs"] += 1
-            counts["records"] += len(records) + len(base_records)
-            counts["pages"] += len(images)
-            counts["bytes_restored"] += sum(map(len, records)) + sum(
-                len(image) for _, _, image in images
+        with ThreadPoolExecutor(FILL_THREADS) as pool:
+            filled = pool.map(
+                lambda pg: _fill_pg(
+                    stores,
+                    reader,
+                    chosen,
+                    sealer,
+                    volume_epoch,
+                    topology,
+                    placements,
+                    pg,
+                    with_images,
+                ),
+                sorted(chosen.bases),
             )
+            for pg_counts in filled:
+                for key, value in pg_counts.items():
+                    counts[key] += value
     finally:
         for store in stores.values():
             store.close()
     return counts
 
 
-def _storage_config(directory: Path) -> StorageNodeConfig:
-    return config_module.load(
-        StorageNodeConfig, directory / "storage_node.toml", table="storage_node"
+def _fill_pg(
+    stores: dict[str, SegmentStore],
+    reader: BackupReader,
+    chosen: RestorePlan,
+    sealer: Sealer,
+    volume_epoch: int,
+    topology: Topology,
+    placements: dict[int, list[Member]] | None,
+    pg: int,
+    with_images: bool,
+) -> dict[str, int]:
+    base = chosen.bases[pg]
+    records = reader.records(sealer, pg, base, chosen.lsn)
+    images: list[tuple[int, int, bytes]] = []
+    base_records: list[bytes] = []
+    if base > 0:
+        if with_images:
+            images, base_records = reader.image_set(sealer, pg, base)
+        else:
+            base_records = _base_records(reader, sealer, pg, base)
+    if not records and base == 0:
+        return {"pgs": 0, "records": 0, "pages": 0, "bytes_restored": 0}  # no record yet
+    members = (placements or {}).get(pg) or list(topology.placement(PgIndex(pg)))
+    checked, checked_base = incoming(records), incoming(base_records)
+    for member in members:
+        if member.node not in stores:
+            raise Corruption("a segment's member is not a storage node here", node=member.node)
+        meta = SegmentMeta(
+            volume_id=chosen.manifest.volume_id,
+            pg=pg,
+            first_page=topology.first_page(PgIndex(pg)),
+            page_count=chosen.manifest.pages_per_pg,
+            volume_epoch=volume_epoch,
+            membership_epoch=volume_epoch,
+            members=list(members),
+        )
+        fill_segment(stores[member.node], meta, base, images, checked_base, checked)
+    return {
+        "pgs": 1,
+        "records": len(records) + len(base_records),
+        "pages": len(images),
+        "bytes_restored": sum(map(len, records)) + sum(len(image) for _, _, image in images),
+    }
+
+
+def _base_records(reader: BackupReader, sealer: Sealer, pg: int, base: int) -> list[bytes]:
+    done = layout.ImageSet.from_json(
+        reader.objects.get(layout.image_set_done_key(reader.name, pg, base))
     )
+    if not done.has_records:
+        return []
+    data = reader.objects.get(layout.base_records_key(reader.name, pg, base))
+    return layout.decode_chunk(sealer, data, layout.KIND_BASE_RECORDS)[2]
+
+
+def open_store(config: StorageNodeConfig) -> SegmentStore:
+    sealers = open_sealers(config.kms_url, config.data_keys)
+    return SegmentStore(config.data_dir / SEGMENTS_DIR, config.lmdb_map_size_bytes, sealers)
+
+
+def storage_config(directory: Path) -> StorageNodeConfig:
+    return config_module.load(StorageNodeConfig, directory / STORAGE_CONFIG, table="storage_node")
 
 
 def backup_status(

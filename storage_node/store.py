@@ -327,6 +327,8 @@ class SegmentStore:
         volume, pg = segment.meta.volume_id, segment.meta.pg
         page = max(start_page, segment.meta.first_page)
         end_page = segment.meta.first_page + segment.meta.page_count
+        if self.base_images is not None and self.base_images.base_lsn(volume, pg) > 0:
+            return self._page_images_shared(segment, lsn, page, end_page, bytes_max)
         images: list[tuple[int, int, bytes]] = []
         total_bytes = 0
         with self.env.begin() as txn:
@@ -346,6 +348,25 @@ class SegmentStore:
                     images.append((page, page_lsn, image))
                     total_bytes += len(image)
                 page += 1
+        return images, False, end_page
+
+    def _page_images_shared(
+        self, segment: Segment, lsn: int, page: int, end_page: int, bytes_max: int
+    ) -> tuple[list[tuple[int, int, bytes]], bool, int]:
+        """page_images of a clone's segment: its pages in the parent's image set count
+        as versions too, so a backup image set or a new peer gets them all."""
+        volume, pg = segment.meta.volume_id, segment.meta.pg
+        images: list[tuple[int, int, bytes]] = []
+        total_bytes = 0
+        with self.env.begin() as txn:
+            for candidate in range(page, end_page):
+                image, page_lsn = self._read_page(txn, volume, pg, candidate, lsn)
+                if page_lsn == 0:
+                    continue  # no version at or below `lsn`, here or in the parent's set
+                if images and total_bytes + redo.PAGE_SIZE_BYTES > bytes_max:
+                    return images, True, candidate
+                images.append((candidate, page_lsn, image))
+                total_bytes += len(image)
         return images, False, end_page
 
     def _log_record(self, txn: lmdb.Transaction, volume: int, pg: int, lsn: int) -> bytes:

@@ -16,7 +16,7 @@ from borealis.cli.main import main
 from borealis.wait import wait_until
 from control_plane.clone import clone_cluster
 from control_plane.restore import BackupReader
-from control_plane.snapshots import backup_location, wait_backup_covers, writer_vdl
+from control_plane.snapshots import backup_location, plan_point, wait_backup_covers, writer_vdl
 from deploy.local import LocalCluster
 from deploy.ports import PortAllocator
 from tests.conftest import FAST_STORAGE
@@ -136,7 +136,9 @@ def test_clone_diverges_both_ways_and_costs_a_fraction_of_a_restore(
     assert restored.plan.lsn == clone.plan.lsn
     assert restored.pages > ROWS * PAD_BYTES // 4096, restored
     assert clone.pages == 0 and clone.pgs == restored.pgs
-    assert clone.seconds < restored.seconds / 2
+    # The work each did (deterministic); their times are compared by bench/backup.py,
+    # not here: a timed assertion is only noise on a shared machine.
+    assert clone.bytes_restored < restored.bytes_restored / 10, (clone, restored)
     assert clone_bytes < restore_bytes / 2
     # The clone is pinned in the parent's backup (retention keeps what it reads).
     assert [each.name for each in list_clones(objects, location.volume_name)] == ["c1"]
@@ -160,6 +162,16 @@ def test_clone_diverges_both_ways_and_costs_a_fraction_of_a_restore(
     pads = "SELECT id, pad FROM big WHERE id IN (10, 20) ORDER BY id"
     assert query(parent, pads) == [(10, "parent"), (20, "x" * PAD_BYTES)]
     assert query(clone.cluster, pads) == [(10, "x" * PAD_BYTES), (20, "clone")]
+    # The clone's own backup is whole: its image sets hold the pages it shares.
+    own, own_plan = plan_point(clone.cluster.data_dir, None)
+    own_pages = sum(
+        layout.ImageSet.from_json(
+            own.objects().get(layout.image_set_done_key(own.volume_name, pg, base))
+        ).pages
+        for pg, base in own_plan.bases.items()
+        if base > 0
+    )
+    assert own_pages >= restored.pages, (own_pages, restored.pages)
     # The CLI refuses a bad time, and a parent directory without a cluster (2).
     base_port = str(port_allocator.allocate())
     args = ["clone", "--no-start", "--base-port", base_port, "--data-dir", str(tmp_path / "c2")]

@@ -158,6 +158,17 @@ def test_history_starting_at_image_sets() -> None:
     assert layout.bases_for(history, 6) == {0: 3, 1: 4}
 
 
+def test_a_commit_at_an_image_set_base_stays_restorable() -> None:
+    # An idle volume's newest commit becomes the base of the next image set; the
+    # latest restorable point must not go back below it.
+    history = history_of((0, PG0), (1, PG1))
+    history.add_image_set(1, 6)
+    assert layout.restorable(history, 6)
+    assert layout.restorable_lsn(history) == (6, 60)
+    history.add_image_set(0, 6)
+    assert layout.restorable_lsn(history) == (6, 60)
+
+
 def test_a_gap_in_a_pgs_log_is_bridged_by_a_later_image_set() -> None:
     # PG 0 lacks LSN 3 (an uploader took over from a segment that hydrated past it),
     # then uploaded an image set at 5 and went on: restorable again above 5.
