@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .borealis
 PROTOS := $(wildcard proto/*.proto)
 
-.PHONY: install system-deps proto up down status test test-unit test-fault soak bench lint clean
+.PHONY: install system-deps proto up down status test test-all test-unit test-fault soak bench lint clean
 # Debian packages the tests and benchmarks drive: psql (postgresql-client-15), pgbench
 # and a PostgreSQL 15 server to compare with (postgresql-15). Installed when missing.
 PG_BIN := /usr/lib/postgresql/15/bin
@@ -40,7 +40,12 @@ down:
 status: install
 	$(BIN)/borealis status --data-dir $(DATA_DIR)
 
+# CI's command (.ci/run): everything but the tests marked slow, under 15 minutes on 2 cores.
 test: install system-deps
+	$(BIN)/pytest -q -m "not slow"
+
+# Every test, the slow ones too.
+test-all: install system-deps
 	$(BIN)/pytest -q
 
 test-unit: install

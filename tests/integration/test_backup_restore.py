@@ -426,6 +426,7 @@ def test_gc_keeps_what_the_backup_does_not_hold(
     assert deleted == 0
 
 
+@pytest.mark.slow
 def test_retention_keeps_only_what_restores_in_the_window_need(
     tmp_path: Path, port_allocator: PortAllocator, clusters: list[LocalCluster]
 ) -> None:

@@ -129,6 +129,7 @@ def assert_state(state: capacity_pb2.CapacityState, bcu: float, role: str) -> No
     assert state.role == role
 
 
+@pytest.mark.slow
 def test_capacity_changes_in_place_under_load_with_no_dropped_connection(
     cluster: LocalCluster,
 ) -> None:

@@ -468,6 +468,7 @@ def up_and_down(data_dir: Path, base_port: int, *options: str) -> dict[str, Any]
         assert down.returncode == 0, down.stdout + down.stderr
 
 
+@pytest.mark.slow
 def test_up_encrypts_by_default_once_and_no_encryption_opts_out(
     tmp_path: Path, port_allocator: PortAllocator
 ) -> None:

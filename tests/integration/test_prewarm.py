@@ -180,6 +180,7 @@ def set_storage_failpoint(cluster: LocalCluster, name: str, action: str) -> None
     asyncio.run(set_all())
 
 
+@pytest.mark.slow
 def test_slow_prewarm_stops_at_its_time_bound(cluster: LocalCluster) -> None:
     load_table(cluster)
     run_hot_pattern(cluster, cluster.writer())

@@ -57,6 +57,7 @@ def start_reader(cluster: LocalCluster, name: str) -> InstanceProcess:
         metrics_url=f"http://{config.host}:{config.metrics_port}/metrics",
         pg_host=config.host,
         pg_port=config.pg_port,
+        env=cluster.process_env(),
     )
     reader.start()
     return reader

@@ -478,6 +478,7 @@ def measure(
     }
 
 
+@pytest.mark.slow
 def test_eight_concurrent_committers_share_batches(
     storage_cluster: LocalCluster, loop_thread: LoopThread
 ) -> None:

@@ -18,7 +18,7 @@ from borealis.ids import VolumeId
 from compute_node.engine import Engine
 from compute_node.volume.config import VolumeConfig
 from compute_node.volume.volume import Volume
-from deploy.local import LocalCluster, pid_alive
+from deploy.local import LocalCluster, configure_transport_from, pid_alive
 from deploy.ports import PortAllocator
 from storage_node.segment import Member
 
@@ -36,6 +36,7 @@ def _members(document: dict) -> list[Member]:  # type: ignore[type-arg]
     return [Member(n["name"], n["address"], n["az"]) for n in document["storage_nodes"]]
 
 
+@pytest.mark.slow
 def test_rows_survive_borealis_down_and_up(tmp_path: Path, port_allocator: PortAllocator) -> None:
     borealis = Path(sys.executable).with_name("borealis")
     data_dir = tmp_path / "cluster"
@@ -68,7 +69,10 @@ def test_rows_survive_borealis_down_and_up(tmp_path: Path, port_allocator: PortA
     config = VolumeConfig(pages_per_pg=256)
     try:
         cli("up", "--no-writer", "--base-port", str(base_port))
-        members = _members(json.loads((data_dir / "cluster.json").read_text()))
+        document = json.loads((data_dir / "cluster.json").read_text())
+        # This process is the writer: it talks to the nodes with the cluster's credentials.
+        configure_transport_from(document)
+        members = _members(document)
 
         async def write() -> None:
             volume = await Volume.create(VOLUME, members, config)
