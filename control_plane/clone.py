@@ -30,6 +30,7 @@ from control_plane.restore import (
     EPOCH_FIRST,
     BackupReader,
     RestorePlan,
+    configure_cluster,
     fill_volume,
     format_time,
     sealer_of,
@@ -79,7 +80,7 @@ def clone_cluster(
     clone_name = check_name(name or f"clone-{secrets.token_hex(4)}", "clone")
     location, chosen = plan_point(Path(parent_data_dir).resolve(), time_us)
     planned_s = time.monotonic() - started_s
-    cluster = _configure(data_dir, chosen, ports, storage_overrides)
+    cluster = configure_cluster(data_dir, chosen.manifest, ports, storage_overrides)
     configs = {node.name: storage_config(node.directory) for node in cluster.storage_nodes}
     reader = BackupReader(location.objects(), location.volume_name)
     counts = fill_volume(
@@ -110,34 +111,6 @@ def clone_cluster(
         **counts,
     )
     return CloneResult(cluster, chosen, reference, seconds=seconds, **counts)
-
-
-def _configure(
-    data_dir: Path,
-    chosen: RestorePlan,
-    ports: PortAllocator | None,
-    storage_overrides: dict[str, Any] | None,
-) -> LocalCluster:
-    """The clone's cluster, configured as a restore's is (restore_cluster): the same
-    volume id and data key, its own backup store and cluster id."""
-    manifest = chosen.manifest
-    storage = {
-        "backup_store_url": f"file://{data_dir / 'backup'}",
-        "backup_cluster_id": secrets.token_hex(4),
-        **(storage_overrides or {}),
-    }
-    if manifest.kms_url:
-        storage.setdefault("data_keys", manifest.data_keys)
-    cluster = LocalCluster(
-        data_dir,
-        ports=ports,
-        storage_overrides=storage,
-        writer=True,
-        router=True,
-        instance_overrides={"volume_id": manifest.volume_id, "pages_per_pg": manifest.pages_per_pg},
-        kms_url=manifest.kms_url,
-    )
-    return cluster.configure()
 
 
 def _reference(

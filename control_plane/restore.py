@@ -318,6 +318,41 @@ class RestoreResult:
     seconds: float
 
 
+def configure_cluster(
+    data_dir: Path,
+    manifest: layout.Manifest,
+    ports: PortAllocator | None = None,
+    storage_overrides: dict[str, Any] | None = None,
+    instance_overrides: dict[str, Any] | None = None,
+    cluster_options: dict[str, Any] | None = None,
+) -> LocalCluster:
+    """A new cluster (configured, not started) for the backed-up volume: the same
+    volume id, PG size and data keys, its own backup store and backup cluster id (a
+    restore or clone never writes into the backup it came from)."""
+    storage = {
+        "backup_store_url": f"file://{data_dir / 'backup'}",
+        "backup_cluster_id": secrets.token_hex(4),
+        **(storage_overrides or {}),
+    }
+    if manifest.kms_url:
+        storage.setdefault("data_keys", manifest.data_keys)
+    cluster = LocalCluster(
+        data_dir,
+        ports=ports,
+        storage_overrides=storage,
+        writer=True,
+        router=True,
+        instance_overrides={
+            "volume_id": manifest.volume_id,
+            "pages_per_pg": manifest.pages_per_pg,
+            **(instance_overrides or {}),
+        },
+        kms_url=manifest.kms_url,
+        **(cluster_options or {}),
+    )
+    return cluster.configure()
+
+
 def restore_cluster(
     store_url: str,
     data_dir: Path,
@@ -341,28 +376,9 @@ def restore_cluster(
     chosen = plan(reader, target)
     manifest = chosen.manifest
     sealer = sealer_of(manifest)
-    storage = {
-        "backup_store_url": f"file://{data_dir / 'backup'}",
-        "backup_cluster_id": secrets.token_hex(4),
-        **(storage_overrides or {}),
-    }
-    if manifest.kms_url:
-        storage.setdefault("data_keys", manifest.data_keys)
-    cluster = LocalCluster(
-        data_dir,
-        ports=ports,
-        storage_overrides=storage,
-        writer=True,
-        router=True,
-        instance_overrides={
-            "volume_id": manifest.volume_id,
-            "pages_per_pg": manifest.pages_per_pg,
-            **(instance_overrides or {}),
-        },
-        kms_url=manifest.kms_url,
-        **(cluster_options or {}),
+    cluster = configure_cluster(
+        data_dir, manifest, ports, storage_overrides, instance_overrides, cluster_options
     )
-    cluster.configure()
     configs = {node.name: storage_config(node.directory) for node in cluster.storage_nodes}
     counts = fill_volume(configs, reader, chosen, sealer, EPOCH_FIRST)
     cluster.write_cluster_file()
