@@ -59,7 +59,12 @@ def start_reader(cluster: LocalCluster, name: str) -> InstanceProcess:
         pg_port=config.pg_port,
         env=cluster.process_env(),
     )
-    reader.start()
+    try:
+        reader.start()
+    except BaseException:
+        # Not the fixture's yet: a reader that never served is stopped here, not leaked.
+        reader.stop(immediate=True)
+        raise
     return reader
 
 
